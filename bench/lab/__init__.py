@@ -1,0 +1,1 @@
+"""Lab networks in namespaces, shared by tests, benches and the demo."""

@@ -1,0 +1,110 @@
+"""The `dhcp:` section."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# RFC 4578 §2.1 client architecture (option 93) → boot file. Operators may override.
+DEFAULT_BOOT_FILES: dict[int, str] = {
+    0: "undionly.kpxe",
+    6: "ipxe-i386.efi",
+    7: "ipxe.efi",
+    9: "ipxe.efi",
+    11: "snp-arm64.efi",
+    16: "ipxe.efi",
+}
+
+
+def parse_range(v: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """'a.b.c.d-e.f.g.h' → (first, last); raises ValueError."""
+    try:
+        lo_s, hi_s = (s.strip() for s in v.split("-", 1))
+        lo, hi = ipaddress.IPv4Address(lo_s), ipaddress.IPv4Address(hi_s)
+    except ValueError:
+        raise ValueError(f"{v!r} is not a range like 10.0.0.100-10.0.0.250") from None
+    if hi < lo:
+        raise ValueError(f"{v!r}: the range ends before it starts")
+    return lo, hi
+
+
+class SubnetConfig(BaseModel):
+    """One IPv4 network that bootd hands out addresses in."""
+
+    model_config = ConfigDict(extra="forbid")
+    subnet: str = "10.0.0.0/24"
+    pool: str | None = "10.0.0.100-10.0.0.250"
+    router: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    domain: str | None = None
+    lease_time: int = Field(default=3600, ge=60, le=10 * 365 * 86400)
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        try:
+            return str(ipaddress.IPv4Network(v, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not an IPv4 network like 10.0.0.0/24 ({exc})") from None
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        lo, hi = parse_range(v)
+        subnet = info.data.get("subnet")
+        if subnet is not None:
+            net = ipaddress.IPv4Network(subnet)
+            for a in (lo, hi):
+                if a not in net:
+                    raise ValueError(f"{a} is outside dhcp.subnet {net}")
+            if lo == net.network_address or hi == net.broadcast_address:
+                raise ValueError("the pool must not include the network or broadcast address")
+        return v
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        try:
+            addr = ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address") from None
+        subnet = info.data.get("subnet")
+        if subnet is not None and addr not in ipaddress.IPv4Network(subnet):
+            raise ValueError(f"{v} is outside subnet {subnet}")
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        for a in v:
+            try:
+                ipaddress.IPv4Address(a)
+            except ValueError:
+                raise ValueError(f"{a!r} is not an IPv4 address") from None
+        return v
+
+
+class DhcpConfig(SubnetConfig):
+    """DHCP/PXE service settings; the top level describes the local subnet."""
+
+    enabled: bool = True
+    mode: Literal["server", "proxy"] = "server"
+    port: int = Field(default=67, ge=1, le=65535)
+    proxy_port: int = Field(default=4011, ge=1, le=65535)
+    # Relayed networks (giaddr inside one of these) get their own pools and options.
+    relay_subnets: list[SubnetConfig] = Field(default_factory=list)
+    boot_files: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_BOOT_FILES))
+    # Receive buffer for the DHCP socket: 640 DISCOVERs (~300-600 bytes each
+    # plus skb overhead) must fit in one burst without drops.
+    rcvbuf: int = Field(default=8 * 1024 * 1024, ge=65536)
+    # Offers not yet REQUESTed expire after this many seconds (RFC 2131 §4.3.1).
+    offer_timeout: float = Field(default=30.0, gt=0)
+    # An address the client DECLINEd stays out of the pool this long.
+    decline_quarantine: int = Field(default=3600, ge=0)
+    authoritative: bool = True

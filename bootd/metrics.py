@@ -1,0 +1,65 @@
+"""Every Prometheus metric bootd exports, on a registry owned by the daemon."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Boot stages are measured from power-on; a storm's last node may take minutes.
+STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    """The metric families; one instance per daemon, handed to each service."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.dhcp_messages = Counter(
+            "bootd_dhcp_messages",
+            "DHCP messages by type and result",
+            ["type", "result"],
+            registry=r,
+        )
+        self.dhcp_active_leases = Gauge(
+            "bootd_dhcp_active_leases", "Leases not expired", registry=r
+        )
+        self.dhcp_free_addresses = Gauge(
+            "bootd_dhcp_free_addresses", "Pool addresses free to offer", registry=r
+        )
+        self.tftp_transfers = Counter(
+            "bootd_tftp_transfers", "TFTP transfers by result", ["result"], registry=r
+        )
+        self.tftp_active = Gauge(
+            "bootd_tftp_active_transfers", "TFTP transfers in flight", registry=r
+        )
+        self.tftp_bytes = Counter("bootd_tftp_bytes", "TFTP payload bytes sent", registry=r)
+        self.tftp_retransmits = Counter(
+            "bootd_tftp_retransmits", "TFTP blocks sent again after a timeout", registry=r
+        )
+        self.tftp_errors = Counter(
+            "bootd_tftp_errors", "TFTP ERROR packets sent, by code", ["code"], registry=r
+        )
+        self.http_requests = Counter(
+            "bootd_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_bytes = Counter("bootd_http_bytes", "HTTP body bytes sent", ["route"], registry=r)
+        self.boot_stage_seconds = Histogram(
+            "bootd_boot_stage_seconds",
+            "Time from power-on until a boot stage ended",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.nodes_booted = Counter("bootd_nodes_booted", "Boots that phoned home", registry=r)
+        self.malformed = Counter(
+            "bootd_malformed_input",
+            "Rejected input by protocol and reason",
+            ["protocol", "reason"],
+            registry=r,
+        )
+        self.store_commits = Gauge(
+            "bootd_store_commits", "SQLite transactions committed by the group writer", registry=r
+        )

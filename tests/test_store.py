@@ -1,0 +1,107 @@
+"""The group-commit store, inventory and timelines."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bootd.boot.node import Node, node_from_dict, normalize_mac
+from bootd.store.db import Database, Migration
+from bootd.store.nodes import SCHEMA as NODES
+from bootd.store.nodes import NodeInventory
+from bootd.timeline.recorder import SCHEMA as TIMELINE
+from bootd.timeline.recorder import TimelineRecorder
+
+T = Migration("t", 1, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = Database(tmp_path / "s.sqlite3")
+    d.open([T, *NODES, *TIMELINE])
+    yield d
+    d.close()
+
+
+async def test_many_writes_share_few_commits(db: Database) -> None:
+    def ins(i: int):  # type: ignore[no-untyped-def]
+        return lambda c: c.execute("INSERT INTO t(k, v) VALUES (?, ?)", (i, f"v{i}")).lastrowid
+
+    results = await asyncio.gather(*(db.write(ins(i)) for i in range(1000)))
+    assert results == list(range(1000))
+    assert db.read("SELECT COUNT(*) FROM t")[0][0] == 1000
+    assert db.commits < 1000  # batched, not one fsync per write
+
+
+async def test_one_failing_write_does_not_sink_the_batch(db: Database) -> None:
+    ok = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (1, 'a')"))
+    dup = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (2, 'a')"))
+    ok2 = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (3, 'c')"))
+    res = await asyncio.gather(ok, dup, ok2, return_exceptions=True)
+    assert isinstance(res[1], sqlite3.IntegrityError)
+    assert [r[0] for r in db.read("SELECT k FROM t ORDER BY k")] == [1, 3]
+
+
+def test_migrations_apply_once(tmp_path: Path) -> None:
+    for _ in range(2):
+        d = Database(tmp_path / "m.sqlite3")
+        d.open([T, Migration("t", 2, "ALTER TABLE t ADD COLUMN w TEXT")])
+        assert d.read("SELECT version FROM schema_version WHERE component='t'")[0][0] == 2
+        d.close()
+
+
+@pytest.mark.parametrize(
+    "raw", ["AA:BB:CC:DD:EE:FF", "aa-bb-cc-dd-ee-ff", "aabb.ccdd.eeff", "AABBCCDDEEFF"]
+)
+def test_mac_forms(raw: str) -> None:
+    assert normalize_mac(raw) == "aa:bb:cc:dd:ee:ff"
+
+
+@pytest.mark.parametrize("raw", ["", "aa:bb:cc:dd:ee", "zz:bb:cc:dd:ee:ff", "aa:bb:cc:dd:ee:ff:00"])
+def test_bad_macs(raw: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_mac(raw)
+
+
+def test_node_validation_names_key() -> None:
+    with pytest.raises(ValueError, match=r"\[3\]\.ip: "):
+        node_from_dict({"mac": "52:54:00:00:00:01", "ip": "300.1.1.1"}, "[3]")
+    with pytest.raises(ValueError, match="nid"):
+        node_from_dict({"mac": "52:54:00:00:00:01", "nid": -1})
+
+
+async def test_inventory_persists_and_indexes(db: Database) -> None:
+    inv = NodeInventory(db)
+    await inv.upsert([Node("52:54:00:00:00:01", "10.0.0.11", "n1", 1, "x1", ("compute",))])
+    again = NodeInventory(db)
+    again.load()
+    n = again.by_ip("10.0.0.11")
+    assert n is not None and n.hostname == "n1" and n.groups == ("compute",)
+    assert again.by_name("x1") == n and again.by_nid(1) == n
+    with pytest.raises(ValueError, match="also used"):
+        await inv.upsert(
+            [Node("52:54:00:00:00:02", "10.0.0.5"), Node("52:54:00:00:00:03", "10.0.0.5")]
+        )
+
+
+async def test_timeline_survives_reload_and_counts_retries(db: Database) -> None:
+    tl = TimelineRecorder(db)
+    mac = "52:54:00:00:00:01"
+    tl.record(mac, "dhcp", "event", 100.0)
+    tl.record(mac, "tftp", "start", 101.0)
+    tl.record(mac, "tftp", "start", 103.0)
+    tl.record(mac, "tftp", "end", 104.0, nbytes=1000)
+    await db.write(lambda c: None)  # barrier: everything queued before is committed
+    again = TimelineRecorder(db)
+    again.load()
+    t = again.get(mac)
+    assert t is not None
+    d = t.to_dict()
+    tftp = next(s for s in d["stages"] if s["stage"] == "tftp")  # type: ignore[index]
+    assert tftp["retries"] == 1 and tftp["bytes"] == 1000 and tftp["end"] == 4.0
+    # After phoning home, the next firmware DHCP starts boot #2.
+    tl.record(mac, "booted", "event", 110.0)
+    assert tl.record(mac, "dhcp", "event", 200.0).boot_id == 2
