@@ -37,6 +37,14 @@ class Service(Protocol):
         ...
 
 
+class BootTokenIssuer(Protocol):
+    """Mints the per-boot token a node presents to /cloud-init-secure/."""
+
+    def issue(self, mac: str, now: float) -> str:
+        """A fresh token for this node's current boot."""
+        ...
+
+
 class StartupError(Exception):
     """A service could not start; the message is one line an operator can act on."""
 
@@ -54,5 +62,15 @@ class Context:
     clock: Callable[[], float] = time.time
     # Filled by the daemon: name → service, for /healthz.
     services: dict[str, Service] = field(default_factory=dict)
+    # Set by the cloud-init feature; the boot-script renderer puts its token on the cmdline.
+    ci_tokens: BootTokenIssuer | None = None
     # Extension point for per-feature state (bss store, cloud-init store, …).
     extras: dict[str, object] = field(default_factory=dict)
+
+    def mac_for_ip(self, ip: str) -> str | None:
+        """The node at this source address: active lease first, then inventory reservation."""
+        mac = self.leases.mac_for_ip(ip)
+        if mac is not None:
+            return mac
+        node = self.nodes.by_ip(ip)
+        return node.mac if node is not None else None
