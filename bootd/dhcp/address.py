@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from bootd.config import Config
 from bootd.config.dhcp import SubnetConfig, parse_range
 from bootd.dhcp.exchange import ZERO, Exchange
-from bootd.dhcp.stages import ConfigSource
+from bootd.dhcp.stages import ConfigSource, subnet_options
 from bootd.proto.dhcp import MessageType, Opt
 from bootd.store.leases import LeaseTable, ip_to_int
 from bootd.store.nodes import NodeInventory
@@ -22,6 +22,8 @@ class Network:
     lo: int
     hi: int
     pool: tuple[int, int] | None
+    # Mask, router, DNS, domain, broadcast: encoded once per config, not per packet.
+    options: dict[int, bytes]
 
     def contains(self, ip: str) -> bool:
         """ip is inside the subnet."""
@@ -41,7 +43,11 @@ def networks(config: Config) -> list[Network]:
         if sub.pool:
             a, b = parse_range(sub.pool)
             pool = (int(a), int(b))
-        out.append(Network(sub, int(net.network_address), int(net.broadcast_address), pool))
+        out.append(
+            Network(
+                sub, int(net.network_address), int(net.broadcast_address), pool, subnet_options(sub)
+            )
+        )
     return out
 
 
@@ -147,6 +153,7 @@ class AddressStage:
             ex.drop(f"no subnet configured for relay {req.giaddr} (dhcp.relay_subnets)")
             return
         ex.subnet = net.cfg
+        ex.subnet_options = net.options
         if mt == MessageType.DISCOVER:
             ip = self.choose(ex, net)
             if ip is None:
@@ -195,8 +202,11 @@ class AddressStage:
         if not net.contains(want):
             ex.nak(f"{want} is not on network {net.cfg.subnet}")
             return
+        lease = self._leases.lease(ex.mac)
+        if state != "SELECTING" and lease is not None and lease.ip != want:
+            ex.nak(f"{want} is not this client's address (its lease is {lease.ip})")
+            return
         if not self.acceptable(ex, net, want):
-            lease = self._leases.lease(ex.mac)
             if state != "SELECTING" and lease is None and not self._config().dhcp.authoritative:
                 ex.drop(f"no record of this client and {want} is not ours to give")
                 return

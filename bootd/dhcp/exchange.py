@@ -22,6 +22,7 @@ class Exchange:
     reply: DhcpPacket | None = None
     reply_type: MessageType | None = None
     subnet: SubnetConfig | None = None
+    subnet_options: dict[int, bytes] | None = None
     # A lease to make durable before the reply leaves (ACKs only).
     commit: Lease | None = None
     # Stop folding: the reply is final (NAK) or there is none.

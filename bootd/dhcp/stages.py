@@ -136,9 +136,9 @@ def subnet_options(sub: SubnetConfig) -> dict[int, bytes]:
 
 def network_options(ex: Exchange) -> None:
     """RFC 2132 §3: the subnet's mask, router, DNS servers and domain."""
-    if ex.reply is None or ex.subnet is None:
+    if ex.reply is None or ex.subnet_options is None:
         return
-    ex.reply.options.update(subnet_options(ex.subnet))
+    ex.reply.options.update(ex.subnet_options)
 
 
 def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:

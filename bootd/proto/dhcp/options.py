@@ -112,10 +112,12 @@ def encode_options(options: dict[int, bytes]) -> bytearray:
 
 def ip_bytes(ip: str) -> bytes:
     """'10.0.0.1' → 4 bytes; raises ValueError."""
+    if ip == "0.0.0.0":
+        return b"\x00\x00\x00\x00"
     parts = ip.split(".")
     if len(parts) != 4:
         raise ValueError(f"{ip!r} is not an IPv4 address")
-    return bytes(int(p) for p in parts)
+    return bytes(map(int, parts))
 
 
 def ip_str(b: bytes) -> str:

@@ -56,7 +56,7 @@ class DhcpPacket:
     @property
     def mac(self) -> str:
         """chaddr as 'aa:bb:cc:dd:ee:ff' (the first hlen octets)."""
-        return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
+        return self.chaddr[: self.hlen].hex(":")
 
     @property
     def message_type(self) -> MessageType | None:
