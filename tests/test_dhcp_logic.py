@@ -341,3 +341,19 @@ async def test_leases_survive_reload_from_db(bench: Bench) -> None:
     fresh = LeaseTable(bench.db, bench.ctx.clock, lambda ip: None)
     fresh.load()
     assert {x.ip for x in fresh.all()} == acked
+
+
+def test_raw_unicast_frame_checksums_match_scapy() -> None:
+    from scapy.layers.inet import IP, UDP
+
+    from bootd.dhcp.rawsend import ipv4_udp
+
+    payload = DhcpPacket(op=2, options={Opt.MESSAGE_TYPE: b"\x02"}).encode() + b"x"  # odd length
+    frame = ipv4_udp(ip_bytes("10.0.0.1"), ip_bytes("10.0.0.100"), 67, 68, payload)
+    pkt = IP(frame)
+    assert (pkt.src, pkt.dst, pkt[UDP].sport, pkt[UDP].dport) == ("10.0.0.1", "10.0.0.100", 67, 68)
+    ours_ip, ours_udp = pkt.chksum, pkt[UDP].chksum
+    del pkt.chksum, pkt[UDP].chksum
+    again = IP(bytes(pkt))
+    assert (again.chksum, again[UDP].chksum) == (ours_ip, ours_udp)
+    assert bytes(again[UDP].payload) == payload
