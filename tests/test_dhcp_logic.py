@@ -137,6 +137,7 @@ async def test_dora_gives_address_and_options(bench: Bench) -> None:
 async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
     ips = {(await bench.lease(f"52:54:00:00:01:{i:02x}")).yiaddr for i in range(4)}
     assert ips == {"10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.103"}
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 0
     assert await bench.ask("52:54:00:00:01:99", MessageType.DISCOVER) is None
     assert bench.ctx.metrics.dhcp_messages.labels("discover", "exhausted")._value.get() == 1
     # The leases are untouched by the failure.
@@ -144,9 +145,11 @@ async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
 
 
 async def test_offer_holds_address_until_timeout(bench: Bench) -> None:
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 4
     a = await bench.ask("52:54:00:00:02:01", MessageType.DISCOVER)
     b = await bench.ask("52:54:00:00:02:02", MessageType.DISCOVER)
     assert a and b and a[0].yiaddr != b[0].yiaddr
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 2
     bench.now += 31  # offer_timeout 30 s
     for i in range(3, 7):
         await bench.lease(f"52:54:00:00:02:{i:02x}")

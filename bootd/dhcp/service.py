@@ -44,6 +44,7 @@ class DhcpService:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._started_config = ctx.config
 
         def reserved(ip: str) -> str | None:
             node = ctx.nodes.by_ip(ip)
@@ -195,7 +196,13 @@ class DhcpService:
         return [f"udp/{port} on {where} ({self.ctx.config.dhcp.mode})" for _, port in self._socks]
 
     def reload(self, config: Config) -> None:
-        """Stages read ctx.config per packet; nothing to rebuild."""
+        """Stages read ctx.config per packet; sockets and the stage list stay as started."""
+        old = self._started_config
+        for key in ("mode", "port", "proxy_port", "rcvbuf"):
+            if getattr(config.dhcp, key) != getattr(old.dhcp, key):
+                log.warning("reload: dhcp.%s changed; it takes effect only after a restart", key)
+        if config.interface != old.interface:
+            log.warning("reload: interface changed; it takes effect only after a restart")
 
     async def stop(self, grace: float) -> None:
         """Stop reading; let ACKs waiting on the disk go out within `grace`."""

@@ -133,7 +133,11 @@ class LeaseTable:
     def free_count(self, first: int, last: int) -> int:
         """Addresses of a pool that could be offered right now (for the gauge)."""
         now = self._clock()
-        return sum(1 for n in range(first, last + 1) if self.is_free(int_to_ip(n), "", now))
+        busy = {ip for ip, mac in self._owner.items() if self._leases[mac].expires > now}
+        busy.update(ip for ip, mac in self._offered.items() if self._offers[mac][1] > now)
+        busy.update(ip for ip, until in self._quarantine.items() if until > now)
+        inside = sum(1 for ip in busy if first <= ip_to_int(ip) <= last)
+        return last - first + 1 - inside
 
     def is_free(self, ip: str, mac: str, now: float) -> bool:
         """Whether `ip` may go to `mac`: no other active lease, offer, reservation or quarantine."""
