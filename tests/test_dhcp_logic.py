@@ -276,12 +276,16 @@ async def test_ipxe_gets_script_url_not_a_binary(bench: Bench) -> None:
 
 
 async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> None:
-    got = await bench.ask("52:54:00:00:0b:01", MessageType.DISCOVER, giaddr="10.1.0.1")
+    agent = b"\x01\x04port"
+    got = await bench.ask(
+        "52:54:00:00:0b:01", MessageType.DISCOVER, giaddr="10.1.0.1", options={82: agent}
+    )
     assert got is not None
     offer, dest = got
     assert offer.yiaddr == "10.1.0.50" and offer.giaddr == "10.1.0.1"
     assert offer.options[Opt.SUBNET_MASK] == bytes([255, 255, 255, 0])
     assert dest == Destination("10.1.0.1", 67)
+    assert list(offer.options)[-1] == 82 and offer.options[82] == agent  # RFC 3046 echo
     unknown = await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1")
     assert unknown is None
 
