@@ -55,6 +55,9 @@ def destination(
     return Destination(reply.yiaddr, CLIENT_PORT, req.chaddr[: req.hlen])
 
 
+# Metric label per message type, computed once (Enum .name is slow on the hot path).
+_LABEL = {m: m.name.lower() for m in MessageType}
+
 Sender = Callable[[bytes, Destination], None]
 PendingAck = tuple[Exchange, Lease, bytes, Destination]
 
@@ -112,7 +115,7 @@ class DhcpHandler:
         ex = Exchange(request=req, now=now, mac=req.mac, local_port=local_port)
         run_stages(self.stages, ex)
         mt = req.message_type
-        mtype = mt.name.lower() if mt is not None else "none"
+        mtype = _LABEL[mt] if mt is not None else "none"
         if ex.reply is None or ex.reply_type is None:
             done = mt in (MessageType.DECLINE, MessageType.RELEASE)
             result = ex.outcome or ("done" if done else "ignored")
@@ -131,7 +134,7 @@ class DhcpHandler:
             req, ex.reply, ex.reply_type == MessageType.NAK, source, self._is_pxe_port(local_port)
         )
         if ex.commit is None:
-            self._count(mtype, ex.reply_type.name.lower())
+            self._count(mtype, _LABEL[ex.reply_type])
             self.send(wire, dest)
             if ex.reply_type == MessageType.ACK and mt == MessageType.INFORM:
                 self._event(ex.mac, ex.phase, "event", now, "inform")
