@@ -364,3 +364,13 @@ def test_raw_unicast_frame_checksums_match_scapy() -> None:
     again = IP(bytes(pkt))
     assert (again.chksum, again[UDP].chksum) == (ours_ip, ours_udp)
     assert bytes(again[UDP].payload) == payload
+
+
+async def test_pending_offers_are_bounded(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases_store, "MAX_PENDING_OFFERS", 2)
+    assert await bench.ask("52:54:00:00:11:01", MessageType.DISCOVER)
+    assert await bench.ask("52:54:00:00:11:02", MessageType.DISCOVER)
+    assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER) is None
+    assert bench.ctx.metrics.dhcp_messages.labels("discover", "overload")._value.get() == 1
+    bench.now += 31  # the first two expire and make room
+    assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER)
