@@ -374,3 +374,40 @@ async def test_pending_offers_are_bounded(bench: Bench, monkeypatch: pytest.Monk
     assert bench.ctx.metrics.dhcp_messages.labels("discover", "overload")._value.get() == 1
     bench.now += 31  # the first two expire and make room
     assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER)
+
+
+async def test_service_counts_packets_from_another_interface(tmp_path: Path) -> None:
+    """The socket adapter checks IP_PKTINFO; here the 'right' interface is one that does not exist."""
+    import asyncio
+    import socket
+
+    from bootd.daemon import Daemon
+    from tests.helpers import base_config, free_port
+
+    port = free_port(socket.SOCK_DGRAM)
+    cfg = base_config(tmp_path, dhcp={"enabled": True, "port": port}, http={"enabled": False})
+    d = Daemon(parse_config(cfg))
+    await d.start()
+    try:
+        svc = d.services[0]
+        # INFORM from ciaddr 127.0.0.1: the answer is unicast back to loopback, never broadcast.
+        inform = DhcpPacket(ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}).encode()
+        answered = d.metrics.dhcp_messages.labels("inform", "ack")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(inform, ("127.0.0.1", port))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if answered._value.get():
+                    break
+            assert answered._value.get() == 1
+            svc._ifindex = 10_000  # type: ignore[attr-defined]
+            s.sendto(inform, ("127.0.0.1", port))
+            wrong = d.metrics.malformed.labels("dhcp", "wrong-interface")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if wrong._value.get():
+                    break
+            assert wrong._value.get() == 1
+            assert answered._value.get() == 1
+    finally:
+        await d.stop()
