@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,6 +47,8 @@ class TimelineRecorder:
         # True while every MAC with rows in SQLite is also in memory (after load(),
         # until an eviction): then a MAC not in memory has no boots yet, no query needed.
         self._complete = False
+        # Event rows waiting for the end of this loop iteration (flushed by _flush_rows).
+        self._rows: list[tuple[str, int, str, str, float, int, str]] = []
 
     def load(self) -> None:
         """Rebuild each node's latest boot from SQLite."""
@@ -80,17 +83,28 @@ class TimelineRecorder:
             self._nodes.popitem(last=False)
             self._complete = False
         tl.record(stage, event, now, nbytes, detail)
-        row = (mac, tl.boot_id, stage, event, now, nbytes, detail)
-        self._db.write_nowait(
-            lambda c: c.execute(
-                "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-        )
+        self._rows.append((mac, tl.boot_id, stage, event, now, nbytes, detail))
+        if len(self._rows) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush_rows)
+            except RuntimeError:  # no event loop (tools, tests): write now
+                self._flush_rows()
         if self._observer is not None:
             self._observer(tl, stage, event, now)
         return tl
+
+    def _flush_rows(self) -> None:
+        # One writer job per loop iteration: a storm's thousands of events become one
+        # executemany instead of thousands of jobs competing with the loop for the GIL.
+        rows, self._rows = self._rows, []
+        if rows:
+            self._db.write_nowait(
+                lambda c: c.executemany(
+                    "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            )
 
     def _next_boot_id(self, mac: str) -> int:
         rows = self._db.read("SELECT MAX(boot_id) FROM boot_events WHERE mac = ?", (mac,))
