@@ -376,7 +376,9 @@ async def test_pending_offers_are_bounded(bench: Bench, monkeypatch: pytest.Monk
     assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER)
 
 
-async def test_service_counts_packets_from_another_interface(tmp_path: Path) -> None:
+async def test_service_counts_packets_from_another_interface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The socket adapter checks IP_PKTINFO; here the 'right' interface is one that does not exist."""
     import asyncio
     import socket
@@ -409,5 +411,15 @@ async def test_service_counts_packets_from_another_interface(tmp_path: Path) -> 
                     break
             assert wrong._value.get() == 1
             assert answered._value.get() == 1
+            # Requests that waited in the queue past STALE_AFTER are skipped and counted.
+            svc._ifindex = None  # type: ignore[attr-defined]
+            monkeypatch.setattr("bootd.dhcp.service.STALE_AFTER", -1.0)
+            s.sendto(inform, ("127.0.0.1", port))
+            stale = d.metrics.dhcp_messages.labels("any", "stale")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if stale._value.get():
+                    break
+            assert stale._value.get() == 1 and answered._value.get() == 1
     finally:
         await d.stop()
