@@ -294,7 +294,7 @@ def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
         bootd.wait_ready()
         storm = subprocess.Popen(
             lab.in_cli(
-                sys.executable, "-m", "tests.dhcp_storm_client", lab.cli_if, "3000", "8", str(acks)
+                sys.executable, "-m", "tests.dhcp_storm_client", lab.cli_if, "2000", "40", str(acks)
             ),
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
