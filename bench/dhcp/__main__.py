@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -213,11 +214,15 @@ def main() -> None:
     reason = can_netns()
     if reason:
         raise SystemExit(f"bench.dhcp: {reason}")
+    load_before = os.getloadavg()[0]
     out = run(args)
+    # Shared 2-core machine: the load says how much the numbers can be trusted.
+    out["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(table(out))
+    print(f"load average (1 min) before/after: {out['loadavg_1m']}; results in {RESULTS}")
 
 
 if __name__ == "__main__":
