@@ -194,11 +194,15 @@ def table(out: dict[str, Any]) -> str:
     row("avalanche 640: provisioned", lambda r: r["avalanche"].get("provisioned"))
     row("sustained: leases/s (<1%)", lambda r: round(r["sustained"].get("rate", 0)))
     b = out["bootd"]
+
+    def ratio(mine: float | None, theirs: float | None) -> str:
+        return f"x{mine / theirs:.2f}" if mine and theirs else "n/a"
+
     for peer in names[1:]:
         p = out[peer]
-        t = (b["avalanche"].get("seconds") or 0) / max(1e-9, p["avalanche"].get("seconds") or 1e-9)
-        s = (b["sustained"].get("rate") or 0) / max(1e-9, p["sustained"].get("rate") or 1e-9)
-        lines.append(f"bootd/{peer}: avalanche time x{t:.2f}, sustained rate x{s:.2f}")
+        t = ratio(b["avalanche"].get("seconds"), p["avalanche"].get("seconds"))
+        r = ratio(b["sustained"].get("rate"), p["sustained"].get("rate"))
+        lines.append(f"bootd/{peer}: avalanche time {t}, sustained rate {r}")
     return "\n".join(lines)
 
 
