@@ -71,11 +71,14 @@ class DhcpHandler:
         self.stages = stages
         self.send = send
         self._pending: set[asyncio.Task[None]] = set()
-        # Filled during one burst of datagrams, emptied by _flush right after it.
+        # Filled during one burst of datagrams, emptied by flush() right after it.
         self._acks: list[PendingAck] = []
         self._events: list[tuple[str, str, str, float, str]] = []
         self._flush_scheduled = False
         self._in_flight = 0
+        # The socket adapter turns this off and calls flush() itself after each burst,
+        # saving an event-loop iteration per wake-up.
+        self.auto_flush = True
         self._logged = RateLimitedLog(log)
         # Label children cached: .labels() takes a lock and hashes on every call.
         self._counters: dict[tuple[str, str], Counter] = {}
@@ -157,10 +160,13 @@ class DhcpHandler:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self.auto_flush:
+                asyncio.get_running_loop().call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """After a burst: one durable write for all its ACKs, then the timeline events."""
+        if not self._flush_scheduled:
+            return
         self._flush_scheduled = False
         acks, self._acks = self._acks, []
         if acks:
@@ -202,7 +208,6 @@ class DhcpHandler:
 
     async def drain(self, timeout: float) -> None:
         """Wait for ACKs still waiting on the disk."""
-        if self._flush_scheduled:
-            self._flush()
+        self.flush()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)

@@ -62,6 +62,7 @@ class DhcpService:
         ctx.extras["dhcp"] = self
         self.stages = build_stages(ctx, self.leases)
         self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send)
+        self.handler.auto_flush = False
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
         self._raw: RawSender | None = None
@@ -137,6 +138,12 @@ class DhcpService:
             raise
 
     def _readable(self, sock: socket.socket, port: int) -> None:
+        try:
+            self._read_burst(sock, port)
+        finally:
+            self.handler.flush()
+
+    def _read_burst(self, sock: socket.socket, port: int) -> None:
         for _ in range(BURST):
             try:
                 data, anc, _flags, addr = sock.recvmsg(4096, _CMSG_SPACE)
