@@ -29,6 +29,10 @@ def all_migrations() -> list[Migration]:
 def build_services(ctx: Context) -> list[Service]:
     """The services this config enables, in start order (HTTP last: it reports health)."""
     services: list[Service] = []
+    if ctx.config.tftp.enabled:
+        from bootd.tftp.service import TftpService
+
+        services.append(TftpService(ctx))
     if ctx.config.http.enabled:
         from bootd.http.service import HttpService
 
