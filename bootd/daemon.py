@@ -34,6 +34,10 @@ def build_services(ctx: Context) -> list[Service]:
         from bootd.dhcp.service import DhcpService
 
         services.append(DhcpService(ctx))  # sets ctx.leases; starts before HTTP
+    if ctx.config.tftp.enabled:
+        from bootd.tftp.service import TftpService
+
+        services.append(TftpService(ctx))
     if ctx.config.http.enabled:
         from bootd.http.service import HttpService
 
