@@ -26,7 +26,7 @@ class RetryPolicy:
     def delay(self, attempt: int, jitter: float) -> int:
         """Whole seconds to sleep before attempt+1; jitter ∈ [0, 1) spreads a storm (50–100 %)."""
         raw: float = min(self.cap, self.base * 2.0 ** min(attempt, 30))
-        return max(1, int(math.ceil(raw * (0.5 + jitter / 2))))
+        return max(1, math.ceil(raw * (0.5 + jitter / 2)))
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,12 @@ _STAGE_GLOBS = (
 )
 
 
-def _url_path(ref: str) -> str:
-    path = urllib.parse.urlsplit(ref).path if "://" in ref else "/images/" + ref.lstrip("/")
-    return posixpath.normpath(urllib.parse.unquote(path))
+def _url_paths(ref: str) -> set[str]:
+    if "://" in ref:
+        paths = {urllib.parse.urlsplit(ref).path}
+    else:  # relative to /images/, or (root=live:/…) a path on bootd itself
+        paths = {"/images/" + ref.lstrip("/"), "/" + ref.lstrip("/")}
+    return {posixpath.normpath(urllib.parse.unquote(p)) for p in paths}
 
 
 def stage_for_image(rel: str, data: BootData | None) -> str | None:
@@ -188,7 +191,7 @@ def stage_for_image(rel: str, data: BootData | None) -> str | None:
         ]
         refs = [("kernel", data.kernel), ("initrd", data.initrd), *(("rootfs", w) for w in live)]
         for stage, ref in refs:
-            if ref and _url_path(ref) in (want, want.removeprefix("/images")):
+            if ref and _url_paths(ref) & {want, want.removeprefix("/images")}:
                 return stage
     base = posixpath.basename(rel).lower()
     for stage, globs in _STAGE_GLOBS:
