@@ -13,6 +13,7 @@ from bootd.config import Config, ConfigError, load_config, load_yaml
 from bootd.context import Context, Service, StartupError
 from bootd.metrics import Metrics
 from bootd.sdnotify import notify, watchdog_interval
+from bootd.store import bss as bss_store
 from bootd.store import leases as leases_store
 from bootd.store import nodes as nodes_store
 from bootd.store.db import Database, Migration, StoreError
@@ -24,7 +25,7 @@ log = logging.getLogger("bootd")
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps."""
-    return [*nodes_store.SCHEMA, *timeline_store.SCHEMA, *leases_store.SCHEMA]
+    return [*nodes_store.SCHEMA, *timeline_store.SCHEMA, *leases_store.SCHEMA, *bss_store.SCHEMA]
 
 
 def build_services(ctx: Context) -> list[Service]:
