@@ -79,6 +79,10 @@ async def test_documents_follow_the_source_ip(ci: Daemon) -> None:
     assert set(meta["instance_data"]["v1"]["vendor_data"]["groups"]) == {"compute", "gpu"}
     _, _, vd = await fetch(ci, "/cloud-init/vendor-data", N1.ip or "")
     assert vd.decode() == f"#include\n{ci.config.http_base_url}/cloud-init/compute.yaml\n"
+    # An admin write shows up at once (rendered documents are cached per node).
+    await put_group(ci, "gpu", "#cloud-config\n")
+    _, _, vd = await fetch(ci, "/cloud-init/vendor-data", N1.ip or "")
+    assert vd.decode().endswith("/cloud-init/compute.yaml\n" + url(ci, "/cloud-init/gpu.yaml\n"))
     _, _, md2 = await fetch(ci, "/cloud-init/meta-data", N2.ip or "")
     assert yaml.safe_load(md2)["local-hostname"] == "nid0002"
     assert (await fetch(ci, "/cloud-init/user-data", N2.ip or ""))[2] == b"#cloud-config\n"

@@ -106,7 +106,11 @@ def add_routes(app: web.Application, ctx: Context) -> None:
     store = store_of(ctx)
     resolver = NodeResolver(ctx)
     denied_log = RateLimitedLog(log)
-    cache: dict[tuple[str, str], tuple[object, bytes]] = {}
+    # (document, MAC) → (store generation, config object, node, ip, body). The config
+    # object itself (not its id) is kept, so a reload can never alias an old entry.
+    cache: dict[tuple[str, str], tuple[int, Config, Node, str, bytes]] = {}
+    bytes_plain = ctx.metrics.http_bytes.labels("/cloud-init")
+    bytes_secure = ctx.metrics.http_bytes.labels("/cloud-init-secure")
 
     def seed(ip: str, node: Node) -> NodeSeed:
         info = store.info_for(node.mac, node.xname, node.hostname)
@@ -122,10 +126,15 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
     def render(doc: str, ip: str, node: Node, secure: bool) -> bytes:
         key = ("s:" if secure else "") + doc, node.mac
-        stamp = (store.generation, id(ctx.config), node, ip)
         hit = cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
+        if (
+            hit is not None
+            and hit[0] == store.generation
+            and hit[1] is ctx.config
+            and hit[2] == node
+            and hit[3] == ip
+        ):
+            return hit[4]
         s = seed(ip, node)
         if doc == "meta-data":
             body = dump_yaml(s.meta_data()).encode()
@@ -135,7 +144,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             body = s.secure_vendor_data() if secure else s.vendor_data().encode()
         if len(cache) >= MAX_CACHED:
             cache.clear()
-        cache[key] = (stamp, body)
+        cache[key] = (store.generation, ctx.config, node, ip, body)
         return body
 
     def require_node(request: web.Request) -> tuple[str, Node]:
@@ -145,16 +154,17 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             raise ProblemError(404, "Unknown node", f"no lease or reservation for {ip}")
         return found
 
-    def answer(doc: str, mac: str, body: bytes, route: str, detail: str) -> web.Response:
+    def answer(doc: str, mac: str, body: bytes, secure: bool) -> web.Response:
+        detail = f"secure {doc}" if secure else doc
         ctx.timeline.record(mac, "cloud-init", "event", ctx.clock(), len(body), detail)
-        ctx.metrics.http_bytes.labels(route).inc(len(body))
+        (bytes_secure if secure else bytes_plain).inc(len(body))
         ctype = "application/yaml" if doc == "meta-data" else "text/plain"
         return web.Response(body=body, content_type=ctype, charset="utf-8")
 
     async def nocloud(request: web.Request) -> web.Response:
         doc = request.match_info["doc"]
         ip, node = require_node(request)
-        return answer(doc, node.mac, render(doc, ip, node, False), "/cloud-init", doc)
+        return answer(doc, node.mac, render(doc, ip, node, False), False)
 
     async def secure(request: web.Request) -> web.Response:
         doc = request.match_info["doc"]
@@ -184,8 +194,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             # Which check failed stays in the log: the body tells a prober nothing.
             return problem(403, "Forbidden", FORBIDDEN_DETAIL)
         ip, node = found
-        body = render(doc, ip, node, True)
-        return answer(doc, node.mac, body, "/cloud-init-secure", f"secure {doc}")
+        return answer(doc, node.mac, render(doc, ip, node, True), True)
 
     async def group_file(request: web.Request) -> web.Response:
         name = request.match_info["group"]
