@@ -14,6 +14,7 @@ from bootd.context import Context, Service, StartupError
 from bootd.metrics import Metrics
 from bootd.sdnotify import notify, watchdog_interval
 from bootd.store import bss as bss_store
+from bootd.store import cloudinit as cloudinit_store
 from bootd.store import leases as leases_store
 from bootd.store import nodes as nodes_store
 from bootd.store.db import Database, Migration, StoreError
@@ -25,7 +26,13 @@ log = logging.getLogger("bootd")
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps."""
-    return [*nodes_store.SCHEMA, *timeline_store.SCHEMA, *leases_store.SCHEMA, *bss_store.SCHEMA]
+    return [
+        *nodes_store.SCHEMA,
+        *timeline_store.SCHEMA,
+        *leases_store.SCHEMA,
+        *bss_store.SCHEMA,
+        *cloudinit_store.SCHEMA,
+    ]
 
 
 def build_services(ctx: Context) -> list[Service]:
@@ -92,6 +99,7 @@ class Daemon:
         self.ctx = Context(
             config=self.config, db=self.db, nodes=nodes, timeline=timeline, metrics=self.metrics
         )
+        self.ctx.ci_tokens = cloudinit_store.install(self.ctx)
         if self.config.nodes is not None:
             await nodes.upsert(load_inventory_file(self.config.nodes))
         self.services = build_services(self.ctx)
