@@ -128,7 +128,12 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             source=source,
             policy=RetryPolicy(c.script_retries, c.script_retry_base, c.script_retry_max),
             jitter=rng.random(),
-            ci_token=ctx.ci_tokens.issue(mac, ctx.clock()) if ctx.ci_tokens and mac else None,
+            # Only a script that boots carries a token: a retry script would waste one.
+            ci_token=(
+                ctx.ci_tokens.issue(mac, ctx.clock())
+                if ctx.ci_tokens and mac and data is not None and data.kernel
+                else None
+            ),
         )
 
     async def bootscript(request: web.Request) -> web.Response:
