@@ -113,6 +113,25 @@ def rss_kb(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and its children (nginx: master plus workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 _UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 _TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -236,8 +255,14 @@ def main() -> int:
             sampler = RssSampler(bootd.proc.pid)
             sampler.start()
             for _ in range(a.rounds):
-                for name, url in (("bootd", bootd.url), ("nginx", nginx.url)):
-                    storms[name].append(wrk(url, STORM_LUA, a.clients, a.seconds, tmp))
+                for name, url, pid in (
+                    ("bootd", bootd.url, bootd.proc.pid),
+                    ("nginx", nginx.url, nginx.proc.pid),
+                ):
+                    cpu0 = cpu_seconds(pid)
+                    run = wrk(url, STORM_LUA, a.clients, a.seconds, tmp)
+                    run["cpu_s"] = cpu_seconds(pid) - cpu0
+                    storms[name].append(run)
             sampler.stop.set()
             sampler.join()
             results["bootd_rss_peak_mb"] = sampler.peak_kb / 1024
@@ -246,6 +271,9 @@ def main() -> int:
                     "gb_per_s": sum(r["bytes_per_s"] for r in runs) / len(runs) / 1e9,
                     "runs_gb_per_s": [round(r["bytes_per_s"] / 1e9, 3) for r in runs],
                     "non_2xx": sum(r["non_2xx"] for r in runs),
+                    # Server CPU per GB moved: less sensitive to other load than GB/s.
+                    "cpu_s_per_gb": sum(r["cpu_s"] for r in runs)
+                    / max(1e-9, sum(r["bytes_per_s"] * a.seconds for r in runs) / 1e9),
                     "socket_errors": [r["socket_errors"] for r in runs],
                 }
             # Each bootd run is paired with the nginx run right after it (same machine load).
@@ -283,6 +311,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("image storm, nginx GB/s", f"{r['nginx_storm']['gb_per_s']:.2f}", "", ""),
         ("throughput bootd/nginx (mean)", f"{r['throughput_ratio']:.2f}x", ">= 0.95x",
          "ok" if r["throughput_ratio"] >= 0.95 else "MISS"),
+        ("server CPU s per GB, bootd", f"{r['bootd_storm']['cpu_s_per_gb']:.3f}", "", ""),
+        ("server CPU s per GB, nginx", f"{r['nginx_storm']['cpu_s_per_gb']:.3f}", "", ""),
         ("bootd peak RSS MB", f"{r['bootd_rss_peak_mb']:.0f}", "< 150",
          "ok" if r["bootd_rss_peak_mb"] < 150 else "MISS"),
         (f"bootscript p99 ms, {r['clients']} conns", f"{s640['p99_ms'] or -1:.2f}", "< 5",
