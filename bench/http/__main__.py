@@ -232,8 +232,8 @@ def start_bootd(tmp: Path, images: Path, state: Path) -> BootdProcess:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=640)
-    ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating runs per server")
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
     ap.add_argument("--kernel-mb", type=int, default=8)
     ap.add_argument("--initrd-mb", type=int, default=32)
     ap.add_argument("--rootfs-mb", type=int, default=64)
