@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 
+from bootd.cli import cli
 from tests.helpers import REPO, BootdProcess, write_config
 
 SYSTEM_PY = "/usr/bin/python3"
@@ -179,3 +181,35 @@ def test_admin_data_survives_restart(ci_cfg: dict[str, Any], tmp_path: Path) -> 
         assert md_after == md_before and md_after["instance-id"].startswith("i-")
     finally:
         p.stop()
+
+
+def test_cloud_init_cli(bootd_proc: BootdProcess, tmp_path: Path) -> None:
+    """`bootd cloud-init …` against the running daemon (click in-process, HTTP for real)."""
+    token = ["--token-file", str(tmp_path / "api-token")]
+
+    def run(*args: str, auth: bool = True) -> Result:
+        argv = ["--url", bootd_proc.url, *(token if auth else []), "cloud-init", *args]
+        return CliRunner().invoke(cli, argv, env={"BOOTD_TOKEN": None, "BOOTD_URL": None})
+
+    (tmp_path / "gpu.yaml").write_text(GPU)
+    (tmp_path / "secret.yaml").write_text("#cloud-config\nmunge: key\n")
+    r = run(
+        "groups", "set", "gpu", "--file", str(tmp_path / "gpu.yaml"),
+        "--secret-file", str(tmp_path / "secret.yaml"), "--meta", "arch=x86_64",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert run("groups", "get", "gpu", "--content").output == GPU
+    r = run("groups", "list")
+    assert "gpu" in r.output and "yes" in r.output  # the token reveals that a secret exists
+    assert "redacted" in run("groups", "list", auth=False).output
+    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    r = run("defaults", "--set", str(tmp_path / "defaults.yaml"))
+    assert r.exit_code == 0 and json.loads(r.output)["cluster-name"] == "demo"
+    (tmp_path / "info.yaml").write_text(yaml.safe_dump(INFO))
+    r = run("instance-info", "x1", "--set", str(tmp_path / "info.yaml"))
+    assert json.loads(r.output)["local-hostname"] == "compute-1"
+    r = run("groups", "delete", "gpu", auth=False)
+    assert r.exit_code != 0 and "401" in r.output
+    assert run("groups", "delete", "gpu").exit_code == 0
+    r = run("groups", "get", "gpu")
+    assert r.exit_code != 0 and "404" in r.output

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bootd import __version__
+from bootd.cli import cloudinit as cloudinit_cli
 from bootd.cli import inventory
 from bootd.cli.client import make_client
 from bootd.config import ConfigError, load_config
@@ -74,6 +75,7 @@ def check_config(config_path: Path) -> None:
 
 
 inventory.register(cli)
+cloudinit_cli.register(cli)
 
 
 def main() -> None:
