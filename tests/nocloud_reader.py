@@ -81,9 +81,31 @@ def main() -> None:
         "instance_id": ds.get_instance_id(),
         "v1": instance_data.get("v1", {}),
     }
+    if ok and not seed.startswith("cmdline:"):
+        out["network"] = network_config(seed)
     if ok and len(sys.argv) > 4:
         out["phone_home"] = phone_home(ds, paths, distro, sys.argv[4], workdir)
     json.dump(out, sys.stdout, default=str)
+
+
+def network_config(seed: str) -> dict[str, object]:
+    """Fetch <seed>network-config (newer cloud-init does) and run it through cloud-init's parser."""
+    from cloudinit import url_helper, util
+    from cloudinit.net import network_state
+
+    resp = url_helper.read_file_or_url(seed + "network-config", timeout=5, retries=0)
+    cfg = util.load_yaml(resp.contents)
+    state = network_state.parse_net_config_data(cfg)
+    return {
+        "config": cfg,
+        "interfaces": {
+            i["name"]: {
+                "mac": i.get("mac_address"),
+                "subnets": [s.get("type") for s in i["subnets"]],
+            }
+            for i in state.iter_interfaces()
+        },
+    }
 
 
 def phone_home(ds, paths, distro, url: str, workdir: str) -> bool:  # type: ignore[no-untyped-def]

@@ -120,6 +120,8 @@ def test_cloud_init_nocloud_reads_the_seed(ci_cfg: dict[str, Any], tmp_path: Pat
         assert got["public_keys"] == DEFAULTS["public-keys"]
         assert got["v1"]["local_hostname"] == "compute-1"
         assert got["userdata_raw"] == USER_DATA
+        # network-config (read by newer cloud-init) passes cloud-init's own network parser.
+        assert got["network"]["interfaces"] == {"boot0": {"mac": NODE["mac"], "subnets": ["dhcp4"]}}
         assert got["vendordata_raw"] == (
             f"#include\n{p.url}/cloud-init/compute.yaml\n{p.url}/cloud-init/gpu.yaml\n"
         )
