@@ -118,6 +118,14 @@ class BridgeLab:
             raise OSError(f"GET {url}: {proc.stderr.strip()}")
         return proc.stdout
 
+    def http_status(self, url: str, timeout: float = 5.0) -> int:
+        """HTTP status of GET url from inside the namespace; 0 when nothing answered."""
+        proc = self.run(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(timeout), url,
+            timeout=timeout + 5,
+        )  # fmt: skip
+        return int(proc.stdout.strip() or 0) if proc.stdout.strip().isdigit() else 0
+
     def __enter__(self) -> BridgeLab:
         return self.up()
 

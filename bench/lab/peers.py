@@ -135,3 +135,15 @@ class PeerStack:
                 p.kill()
                 p.wait()
         self.procs.clear()
+
+
+def tftp_only(lab: BridgeLab, root: Path, workdir: Path) -> subprocess.Popen[bytes]:
+    """dnsmasq as a TFTP server alone (no DNS, no DHCP) on the lab address."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "dnsmasq", "--keep-in-foreground", "--user=root", "--port=0", "--no-resolv",
+        "--enable-tftp", f"--tftp-root={root}", f"--listen-address={lab.address}",
+        "--bind-interfaces", "--pid-file", f"--log-facility={workdir}/dnsmasq-tftp.log",
+    ]  # fmt: skip
+    with open(workdir / "dnsmasq-tftp.out", "wb") as out:
+        return subprocess.Popen(lab.argv(*argv), stdout=out, stderr=subprocess.STDOUT)

@@ -124,25 +124,23 @@ class Machine:
             return "fail"
         return None
 
-    def wait(self, timeout: float, on_tick: Callable[[], None] | None = None) -> str:
-        """Wait for a marker or for QEMU to exit; 'ok', 'fail', 'exited' or 'timeout'."""
-        deadline = time.monotonic() + timeout
-        result = "timeout"
-        while time.monotonic() < deadline:
-            out = self.outcome()
-            if out is not None:
-                result = out
-                break
-            if not self.running():
-                result = self.outcome() or "exited"
-                break
-            if on_tick is not None:
-                on_tick()
-            time.sleep(0.25)
+    def poll(self) -> str | None:
+        """None while booting; then 'ok', 'fail' or 'exited' (QEMU is stopped by then)."""
+        if self.exit_reason:
+            return self.exit_reason
+        result = self.outcome()
+        if result is None and not self.running():
+            result = self.outcome() or "exited"
+        if result is None:
+            return None
         self.ended = time.monotonic()
         self.exit_reason = result
         self.stop(POWEROFF_GRACE if result in ("ok", "fail") else 0.0)
         return result
+
+    def wait(self, timeout: float) -> str:
+        """Wait for a marker or for QEMU to exit; 'ok', 'fail', 'exited' or 'timeout'."""
+        return wait_all([self], timeout)[0]
 
     @property
     def elapsed(self) -> float:
@@ -159,6 +157,28 @@ class Machine:
             with _suppress_gone():
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def wait_all(
+    machines: Sequence[Machine], timeout: float, on_tick: Callable[[], None] | None = None
+) -> list[str]:
+    """Wait for every machine to finish (each result as in Machine.poll), or time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(m.poll() is not None for m in machines):
+            break
+        if on_tick is not None:
+            on_tick()
+        time.sleep(0.25)
+    results = []
+    for m in machines:
+        r = m.poll()
+        if r is None:
+            m.ended = time.monotonic()
+            m.exit_reason = r = "timeout"
+            m.stop(0.0)
+        results.append(r)
+    return results
 
 
 class _suppress_gone:
