@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 APT_PKGS := iproute2 procps curl ca-certificates sqlite3 cpio xz-utils \
 	isc-dhcp-client busybox-static udhcpc kea-admin kea-dhcp4-server dnsmasq-base \
 	tftp-hpa atftp tftpd-hpa nginx-light wrk \
-	qemu-system-x86 ipxe-qemu ovmf cloud-init systemd
+	qemu-system-x86 ipxe-qemu ovmf cloud-init systemd gcc
 
 .PHONY: all venv apt-deps test lint demo bench clean
 

@@ -13,6 +13,9 @@ from bootd.config import Config, ConfigError, load_config, load_yaml
 from bootd.context import Context, Service, StartupError
 from bootd.metrics import Metrics
 from bootd.sdnotify import notify, watchdog_interval
+from bootd.store import bss as bss_store
+from bootd.store import cloudinit as cloudinit_store
+from bootd.store import leases as leases_store
 from bootd.store import nodes as nodes_store
 from bootd.store.db import Database, Migration, StoreError
 from bootd.timeline import recorder as timeline_store
@@ -23,12 +26,26 @@ log = logging.getLogger("bootd")
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps."""
-    return [*nodes_store.SCHEMA, *timeline_store.SCHEMA]
+    return [
+        *nodes_store.SCHEMA,
+        *timeline_store.SCHEMA,
+        *leases_store.SCHEMA,
+        *bss_store.SCHEMA,
+        *cloudinit_store.SCHEMA,
+    ]
 
 
 def build_services(ctx: Context) -> list[Service]:
     """The services this config enables, in start order (HTTP last: it reports health)."""
     services: list[Service] = []
+    if ctx.config.dhcp.enabled:
+        from bootd.dhcp.service import DhcpService
+
+        services.append(DhcpService(ctx))  # sets ctx.leases; starts before HTTP
+    if ctx.config.tftp.enabled:
+        from bootd.tftp.service import TftpService
+
+        services.append(TftpService(ctx))
     if ctx.config.http.enabled:
         from bootd.http.service import HttpService
 
@@ -82,6 +99,7 @@ class Daemon:
         self.ctx = Context(
             config=self.config, db=self.db, nodes=nodes, timeline=timeline, metrics=self.metrics
         )
+        self.ctx.ci_tokens = cloudinit_store.install(self.ctx)
         if self.config.nodes is not None:
             await nodes.upsert(load_inventory_file(self.config.nodes))
         self.services = build_services(self.ctx)

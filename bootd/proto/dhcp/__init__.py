@@ -1,1 +1,14 @@
-"""bootd.proto.dhcp."""
+"""Sans-I/O DHCPv4 codec: bytes in, DhcpPacket out, and back."""
+
+from bootd.proto.dhcp.options import DhcpDecodeError, MessageType, Opt
+from bootd.proto.dhcp.packet import BOOTREPLY, BOOTREQUEST, DhcpPacket, decode
+
+__all__ = [
+    "BOOTREPLY",
+    "BOOTREQUEST",
+    "DhcpDecodeError",
+    "DhcpPacket",
+    "MessageType",
+    "Opt",
+    "decode",
+]

@@ -1,0 +1,36 @@
+"""The reply chains, built in one place: server mode and proxy mode are two stage lists."""
+
+from __future__ import annotations
+
+from bootd.config import Config
+from bootd.context import Context
+from bootd.dhcp.address import AddressStage
+from bootd.dhcp.exchange import Exchange, Stage, run_stages
+from bootd.dhcp.netboot import BootFiles, NetbootStage
+from bootd.dhcp.stages import hostname, network_options, proxy_skeleton, server_identity, skeleton
+from bootd.store.leases import LeaseTable
+
+
+def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
+    """skeleton → identity → address → network options → netboot → hostname (CoreDHCP style)."""
+
+    def config() -> Config:
+        return ctx.config
+
+    netboot = NetbootStage(config, BootFiles())
+    if ctx.config.dhcp.mode == "proxy":
+        return [proxy_skeleton(config), server_identity(config), netboot]
+    return [
+        skeleton,
+        server_identity(config),
+        AddressStage(config, leases, ctx.nodes),
+        network_options,
+        netboot,
+        hostname(ctx.nodes),
+    ]
+
+
+def explain(stages: list[Stage], ex: Exchange) -> Exchange:
+    """Run the chain without touching the lease table (for `bootd explain`)."""
+    ex.dry_run = True
+    return run_stages(stages, ex)

@@ -1,0 +1,83 @@
+"""One request on its way to a reply, as the stages see it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bootd.config.dhcp import SubnetConfig
+from bootd.proto.dhcp import BOOTREPLY, DhcpPacket, MessageType, Opt
+from bootd.store.leases import Lease
+
+ZERO = "0.0.0.0"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Request, the reply being built, and what the stages decided (and why)."""
+
+    request: DhcpPacket
+    now: float
+    mac: str
+    reply: DhcpPacket | None = None
+    reply_type: MessageType | None = None
+    subnet: SubnetConfig | None = None
+    subnet_options: dict[int, bytes] | None = None
+    # A lease to make durable before the reply leaves (ACKs only).
+    commit: Lease | None = None
+    # Stop folding: the reply is final (NAK) or there is none.
+    done: bool = False
+    # Explain mode: decide, but change no table.
+    dry_run: bool = False
+    why: list[str] = field(default_factory=list)
+    # Timeline stage and event this exchange implies ('dhcp', 'start') etc.
+    phase: str = "dhcp-linux"
+    # The port the request arrived on (proxy mode answers DISCOVER on 67, REQUEST on 4011).
+    local_port: int = 67
+    # Metric result label when there is no reply: ignored, exhausted, overload.
+    outcome: str = ""
+
+    def note(self, text: str) -> None:
+        """Record a reason; explain shows these."""
+        self.why.append(text)
+
+    def drop(self, reason: str, outcome: str = "ignored") -> None:
+        """No reply at all; `outcome` is the metric's result label."""
+        self.outcome = outcome
+        self.reply = None
+        self.reply_type = None
+        self.done = True
+        self.note(reason)
+
+    def nak(self, reason: str) -> None:
+        """Replace the reply with a DHCPNAK (RFC 2131 §4.3.2); nothing else is added."""
+        req = self.request
+        sid = self.reply.options.get(Opt.SERVER_ID) if self.reply is not None else None
+        self.reply = DhcpPacket(
+            op=BOOTREPLY,
+            htype=req.htype,
+            hlen=req.hlen,
+            xid=req.xid,
+            flags=req.flags,
+            giaddr=req.giaddr,
+            chaddr=req.chaddr,
+            options={Opt.MESSAGE_TYPE: bytes((MessageType.NAK,))},
+        )
+        if sid is not None:
+            self.reply.options[Opt.SERVER_ID] = sid
+        self.reply_type = MessageType.NAK
+        self.commit = None
+        self.done = True
+        self.note(f"NAK: {reason}")
+
+
+Stage = Callable[[Exchange], None]
+
+
+def run_stages(stages: list[Stage], ex: Exchange) -> Exchange:
+    """Fold the exchange through the stages until one marks it done."""
+    for stage in stages:
+        stage(ex)
+        if ex.done:
+            break
+    return ex

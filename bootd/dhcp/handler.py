@@ -1,0 +1,170 @@
+"""Bytes in → reply out: decode, fold the stages, make the lease durable, pick the destination."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from bootd.context import Context
+from bootd.dhcp.address import client_state
+from bootd.dhcp.exchange import ZERO, Exchange, Stage, run_stages
+from bootd.logs import RateLimitedLog
+from bootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode
+from bootd.store.leases import Lease, LeaseTable
+
+log = logging.getLogger("bootd.dhcp")
+
+CLIENT_PORT = 68
+SERVER_PORT = 67
+BROADCAST = "255.255.255.255"
+# ACKs waiting for their lease's commit. Each holds one encoded reply; past this
+# many the disk is far behind and new REQUESTs are dropped (the client retries).
+MAX_PENDING_COMMITS = 20000
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a reply goes; `arp_mac` asks the sender to pin yiaddr → chaddr first."""
+
+    ip: str
+    port: int
+    arp_mac: bytes | None = None
+    # Send from the socket bound to this port (proxy replies leave from 4011).
+    via: int = SERVER_PORT
+
+
+def destination(
+    req: DhcpPacket, reply: DhcpPacket, nak: bool, source: tuple[str, int], pxe_port: bool
+) -> Destination:
+    """RFC 2131 §4.1: relay, then ciaddr, then broadcast, else unicast to yiaddr."""
+    if pxe_port and source[0] != ZERO:
+        # PXE proxy (port 4011): the client already has an address; answer where it asked from.
+        return Destination(source[0], source[1], via=-1)
+    if req.giaddr != ZERO:
+        return Destination(req.giaddr, SERVER_PORT)
+    if nak:
+        return Destination(BROADCAST, CLIENT_PORT)
+    if req.ciaddr != ZERO:
+        return Destination(req.ciaddr, CLIENT_PORT)
+    if req.broadcast or reply.yiaddr == ZERO:
+        return Destination(BROADCAST, CLIENT_PORT)
+    return Destination(reply.yiaddr, CLIENT_PORT, req.chaddr[: req.hlen])
+
+
+Sender = Callable[[bytes, Destination], None]
+
+
+class DhcpHandler:
+    """Service logic between the socket adapter and the stages."""
+
+    def __init__(self, ctx: Context, leases: LeaseTable, stages: list[Stage], send: Sender) -> None:
+        self.ctx = ctx
+        self.leases = leases
+        self.stages = stages
+        self.send = send
+        self._pending: set[asyncio.Task[None]] = set()
+        self._logged = RateLimitedLog(log)
+        # Label children cached: .labels() takes a lock and hashes on every call.
+        self._counters: dict[tuple[str, str], Counter] = {}
+
+    def _count(self, mtype: str, result: str) -> None:
+        c = self._counters.get((mtype, result))
+        if c is None:
+            # Keys are message-type and result names from fixed sets: bounded.
+            c = self._counters[(mtype, result)] = self.ctx.metrics.dhcp_messages.labels(
+                mtype, result
+            )
+        c.inc()
+
+    def _malformed(self, reason: str) -> None:
+        self.ctx.metrics.malformed.labels("dhcp", reason).inc()
+
+    def _is_pxe_port(self, port: int) -> bool:
+        d = self.ctx.config.dhcp
+        return d.mode == "proxy" and port == d.proxy_port
+
+    def malformed(self, reason: str, detail: str, source: tuple[str, int]) -> None:
+        """Count and rate-limit-log input we cannot use."""
+        self._malformed(reason)
+        self._logged.warning(f"dhcp:{reason}", "dhcp: dropped input from %s: %s", source[0], detail)
+
+    def handle(self, data: bytes, source: tuple[str, int], local_port: int) -> None:
+        """One datagram; never raises for bad input."""
+        try:
+            req = decode(data)
+        except DhcpDecodeError as exc:
+            self.malformed(exc.reason, str(exc), source)
+            return
+        if req.hlen == 0 or req.htype != 1 or req.hlen != 6:
+            self.malformed("bad-hlen", f"htype {req.htype} hlen {req.hlen} is not Ethernet", source)
+            return
+        now = self.ctx.clock()
+        ex = Exchange(request=req, now=now, mac=req.mac, local_port=local_port)
+        run_stages(self.stages, ex)
+        mt = req.message_type
+        mtype = mt.name.lower() if mt is not None else "none"
+        if ex.reply is None or ex.reply_type is None:
+            done = mt in (MessageType.DECLINE, MessageType.RELEASE)
+            result = ex.outcome or ("done" if done else "ignored")
+            self._count(mtype, result)
+            if ex.outcome in ("exhausted", "overload"):
+                self._logged.warning(
+                    f"dhcp:{ex.outcome}",
+                    "dhcp: no answer to %s: %s",
+                    ex.mac,
+                    ex.why[-1],
+                    mac=ex.mac,
+                )
+            return
+        self._timeline_start(ex, mt)
+        wire = ex.reply.encode()
+        dest = destination(
+            req, ex.reply, ex.reply_type == MessageType.NAK, source, self._is_pxe_port(local_port)
+        )
+        if ex.commit is None:
+            self._count(mtype, ex.reply_type.name.lower())
+            self.send(wire, dest)
+            if ex.reply_type == MessageType.ACK and mt == MessageType.INFORM:
+                self.ctx.timeline.record(ex.mac, ex.phase, "event", now, detail="inform")
+            return
+        if len(self._pending) >= MAX_PENDING_COMMITS:
+            self._count(mtype, "overload")
+            self._logged.warning("dhcp:commit-backlog", "dhcp: lease writes are behind; dropping")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._commit_then_send(ex, ex.commit, wire, dest)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _commit_then_send(
+        self, ex: Exchange, lease: Lease, wire: bytes, dest: Destination
+    ) -> None:
+        """The ACK leaves only once its lease is committed and fsynced."""
+        try:
+            await self.leases.persist(lease)
+        except Exception as exc:  # a store failure must cost one reply, not the service
+            self._count("request", "store-error")
+            self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
+            return
+        self._count("request", "ack")
+        self.send(wire, dest)
+        self.ctx.timeline.record(ex.mac, ex.phase, "end", self.ctx.clock(), detail=lease.ip)
+
+    def _timeline_start(self, ex: Exchange, mt: MessageType | None) -> None:
+        if mt == MessageType.DISCOVER:
+            self.ctx.timeline.record(ex.mac, ex.phase, "start", ex.now)
+        elif mt == MessageType.REQUEST and client_state(ex) == "INIT-REBOOT":
+            tl = self.ctx.timeline.get(ex.mac)
+            rec = tl.stages.get(ex.phase) if tl is not None else None
+            if rec is None or rec.end is not None:
+                self.ctx.timeline.record(ex.mac, ex.phase, "start", ex.now)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for ACKs still waiting on the disk."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)

@@ -1,0 +1,194 @@
+"""The DHCP service: sockets bound to `interface`, read in bursts, replies sent per RFC 2131 §4.1.
+
+The adapter reads with recvmsg from a loop reader instead of a DatagramProtocol:
+it needs IP_PKTINFO (to see which interface a packet came in on) and drains up
+to a burst of datagrams per wake-up, which a 640-node storm rewards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+
+from bootd.config import Config
+from bootd.context import Context, StartupError
+from bootd.dhcp.address import networks
+from bootd.dhcp.chain import build_stages
+from bootd.dhcp.handler import Destination, DhcpHandler
+from bootd.logs import RateLimitedLog
+from bootd.store.leases import LeaseTable
+
+log = logging.getLogger("bootd.dhcp")
+
+# Linux values the socket module does not export.
+SO_RCVBUFFORCE = 33
+IP_PKTINFO = 8
+SIOCSARP = 0x8955
+ATF_COM = 0x02
+ARPHRD_ETHER = 1
+# Datagrams handled per wake-up before yielding to the loop (ACK commits, HTTP).
+BURST = 256
+_PKTINFO_SPACE = socket.CMSG_SPACE(12)
+
+
+class DhcpService:
+    """Server or proxy DHCP on dhcp.port (and dhcp.proxy_port in proxy mode)."""
+
+    name = "dhcp"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+        def reserved(ip: str) -> str | None:
+            node = ctx.nodes.by_ip(ip)
+            return node.mac if node is not None else None
+
+        self.leases = LeaseTable(ctx.db, ctx.clock, reserved)
+        self.leases.load()
+        ctx.leases = self.leases
+        ctx.extras["dhcp"] = self
+        self.stages = build_stages(ctx, self.leases)
+        self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send)
+        self._socks: list[tuple[socket.socket, int]] = []
+        self._ifindex: int | None = None
+        self._log = RateLimitedLog(log)
+        self._set_gauges()
+
+    def _set_gauges(self) -> None:
+        m = self.ctx.metrics
+        m.dhcp_active_leases.set_function(lambda: float(self.leases.active_count()))
+
+        def free() -> float:
+            nets = networks(self.ctx.config)
+            return float(sum(self.leases.free_count(*n.pool) for n in nets if n.pool))
+
+        m.dhcp_free_addresses.set_function(free)
+
+    def _open(self, port: int) -> socket.socket:
+        cfg = self.ctx.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, cfg.dhcp.rcvbuf)
+            except PermissionError:
+                # Unprivileged: capped by net.core.rmem_max.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.dhcp.rcvbuf)
+            if cfg.interface:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_BINDTODEVICE, cfg.interface.encode() + b"\0"
+                )
+            sock.bind(("0.0.0.0", port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"dhcp: port {port} is in use — is dnsmasq or kea running? "
+                    "stop it or set dhcp.port"
+                ) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise StartupError(
+                    f"dhcp: no permission for port {port} or interface {cfg.interface}: "
+                    "run as root or with CAP_NET_BIND_SERVICE and CAP_NET_RAW"
+                ) from None
+            if exc.errno == errno.ENODEV:
+                raise StartupError(f"dhcp: interface {cfg.interface!r} does not exist") from None
+            raise StartupError(f"dhcp: cannot listen on port {port}: {exc}") from None
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        """Bind the socket(s) and start reading."""
+        cfg = self.ctx.config
+        self._ifindex = socket.if_nametoindex(cfg.interface) if cfg.interface else None
+        ports = [cfg.dhcp.port]
+        if cfg.dhcp.mode == "proxy":
+            ports.append(cfg.dhcp.proxy_port)
+        loop = asyncio.get_running_loop()
+        try:
+            for port in ports:
+                sock = self._open(port)
+                self._socks.append((sock, port))
+                loop.add_reader(sock.fileno(), self._readable, sock, port)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    def _readable(self, sock: socket.socket, port: int) -> None:
+        for _ in range(BURST):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(4096, _PKTINFO_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._log.warning("dhcp:recv", "dhcp: receive failed: %s", exc)
+                return
+            if self._ifindex is not None and not self._on_interface(anc):
+                self.handler.malformed("wrong-interface", "arrived on another interface", addr)
+                continue
+            try:
+                self.handler.handle(data, addr, port)
+            except Exception:  # a bug must cost one packet, not the service
+                self.ctx.metrics.malformed.labels("dhcp", "internal-error").inc()
+                log.exception("dhcp: internal error handling a packet from %s", addr[0])
+
+    def _on_interface(self, anc: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, value in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 4:
+                return bool(struct.unpack_from("i", value)[0] == self._ifindex)
+        return True
+
+    def _send(self, wire: bytes, dest: Destination) -> None:
+        if not self._socks:
+            return
+        # via=-1: the proxy (last) socket; everything else leaves from the DHCP port.
+        sock = self._socks[-1][0] if dest.via == -1 else self._socks[0][0]
+        ip = dest.ip
+        if dest.arp_mac is not None and not self._set_arp(sock, ip, dest.arp_mac):
+            ip = "255.255.255.255"
+        try:
+            sock.sendto(wire, (ip, dest.port))
+        except OSError as exc:
+            self.ctx.metrics.dhcp_messages.labels("reply", "send-error").inc()
+            self._log.warning("dhcp:send", "dhcp: send to %s failed: %s", ip, exc)
+
+    def _set_arp(self, sock: socket.socket, ip: str, mac: bytes) -> bool:
+        """Pin yiaddr → chaddr so a unicast reply reaches a client without an address (as dnsmasq does)."""
+        iface = self.ctx.config.interface
+        if not iface or os.geteuid() != 0 or len(mac) != 6:
+            return False
+        pa = struct.pack("=H2s4s8s", socket.AF_INET, b"", socket.inet_aton(ip), b"")
+        ha = struct.pack("=H6s8s", ARPHRD_ETHER, mac, b"")
+        req = (
+            pa + ha + struct.pack("=i", ATF_COM) + bytes(16) + iface.encode()[:15].ljust(16, b"\0")
+        )
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCSARP, req)
+        except OSError:
+            return False
+        return True
+
+    def listening(self) -> list[str]:
+        """Bound ports and interface."""
+        where = self.ctx.config.interface or "all interfaces"
+        return [f"udp/{port} on {where} ({self.ctx.config.dhcp.mode})" for _, port in self._socks]
+
+    def reload(self, config: Config) -> None:
+        """Stages read ctx.config per packet; nothing to rebuild."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop reading; let ACKs waiting on the disk go out within `grace`."""
+        loop = asyncio.get_running_loop()
+        for sock, _ in self._socks:
+            loop.remove_reader(sock.fileno())
+        await self.handler.drain(grace)
+        for sock, _ in self._socks:
+            sock.close()
+        self._socks = []

@@ -1,0 +1,155 @@
+"""Reply stages other than address and netboot: skeleton, identity, network options, hostname."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from bootd.config import Config
+from bootd.config.dhcp import SubnetConfig
+from bootd.dhcp.exchange import ZERO, Exchange
+from bootd.proto.dhcp import BOOTREPLY, BOOTREQUEST, DhcpPacket, MessageType, Opt
+from bootd.proto.dhcp.options import ip_bytes
+from bootd.store.nodes import NodeInventory
+
+ConfigSource = Callable[[], Config]
+
+# What the server answers to each client message type (RFC 2131 §3.1, §3.4, §4.3).
+_ANSWER = {
+    MessageType.DISCOVER: MessageType.OFFER,
+    MessageType.REQUEST: MessageType.ACK,
+    MessageType.INFORM: MessageType.ACK,
+}
+
+
+def is_ipxe(ex: Exchange) -> bool:
+    """iPXE identifies itself by user-class 'iPXE' (77) or its encapsulated option 175."""
+    req = ex.request
+    return Opt.IPXE_ENCAP in req.options or b"iPXE" in req.user_classes
+
+
+def client_phase(ex: Exchange) -> str:
+    """Timeline stage: firmware PXE → dhcp, iPXE → dhcp-ipxe, anything else → dhcp-linux."""
+    if is_ipxe(ex):
+        return "dhcp-ipxe"
+    vc = ex.request.vendor_class
+    if vc.startswith(("PXEClient", "HTTPClient")):
+        return "dhcp"
+    return "dhcp-linux"
+
+
+def base_reply(req: DhcpPacket, msg: MessageType) -> DhcpPacket:
+    """A BOOTREPLY echoing what RFC 2131 Table 3 says to echo."""
+    return DhcpPacket(
+        op=BOOTREPLY,
+        htype=req.htype,
+        hlen=req.hlen,
+        xid=req.xid,
+        flags=req.flags,
+        giaddr=req.giaddr,
+        chaddr=req.chaddr,
+        options={Opt.MESSAGE_TYPE: bytes((msg,))},
+    )
+
+
+def skeleton(ex: Exchange) -> None:
+    """Server mode: pick the reply type from the request type; DECLINE/RELEASE get none."""
+    req = ex.request
+    ex.phase = client_phase(ex)
+    if req.op != BOOTREQUEST:
+        ex.drop("not a BOOTREQUEST")
+        return
+    mt = req.message_type
+    if mt is None:
+        ex.drop("no DHCP message type (plain BOOTP is not served)")
+        return
+    if mt in (MessageType.DECLINE, MessageType.RELEASE):
+        ex.note(f"{mt.name}: no reply")
+        return
+    answer = _ANSWER.get(mt)
+    if answer is None:
+        ex.drop(f"{mt.name} is not a client message")
+        return
+    ex.reply = base_reply(req, answer)
+    ex.reply_type = answer
+    if mt == MessageType.INFORM or (mt == MessageType.REQUEST and req.ciaddr != ZERO):
+        ex.reply.ciaddr = req.ciaddr
+
+
+def proxy_skeleton(config: ConfigSource) -> Callable[[Exchange], None]:
+    """Proxy mode: only PXE/HTTP clients; OFFER on port 67, ACK to REQUESTs on 4011 (PXE spec §2.2)."""
+
+    def stage(ex: Exchange) -> None:
+        _proxy(ex, config().dhcp.proxy_port)
+
+    return stage
+
+
+def _proxy(ex: Exchange, pxe_port: int) -> None:
+    req = ex.request
+    ex.phase = client_phase(ex)
+    mt = req.message_type
+    if req.op != BOOTREQUEST or mt is None:
+        ex.drop("not a DHCP request")
+        return
+    if not req.vendor_class.startswith(("PXEClient", "HTTPClient")):
+        ex.drop("proxy mode answers only PXEClient/HTTPClient (option 60)")
+        return
+    if mt == MessageType.DISCOVER and ex.local_port != pxe_port:
+        answer = MessageType.OFFER
+    elif mt in (MessageType.REQUEST, MessageType.INFORM) and ex.local_port == pxe_port:
+        answer = MessageType.ACK
+    else:
+        ex.drop(f"proxy mode does not answer {mt.name} on port {ex.local_port}")
+        return
+    ex.reply = base_reply(req, answer)
+    ex.reply_type = answer
+    ex.reply.ciaddr = req.ciaddr
+    ex.note("proxy mode: boot information only, no address")
+
+
+def server_identity(config: ConfigSource) -> Callable[[Exchange], None]:
+    """Option 54 = this server's address (RFC 2132 §9.7)."""
+
+    def stage(ex: Exchange) -> None:
+        if ex.reply is not None:
+            ex.reply.options[Opt.SERVER_ID] = ip_bytes(config().address)
+
+    return stage
+
+
+def subnet_options(sub: SubnetConfig) -> dict[int, bytes]:
+    """Mask, router, DNS, domain, broadcast for one subnet."""
+    net = ipaddress.IPv4Network(sub.subnet)
+    opts: dict[int, bytes] = {
+        Opt.SUBNET_MASK: net.netmask.packed,
+        Opt.BROADCAST: net.broadcast_address.packed,
+    }
+    if sub.router:
+        opts[Opt.ROUTER] = ip_bytes(sub.router)
+    if sub.dns:
+        opts[Opt.DNS] = b"".join(ip_bytes(a) for a in sub.dns)
+    if sub.domain:
+        opts[Opt.DOMAIN] = sub.domain.encode()
+    return opts
+
+
+def network_options(ex: Exchange) -> None:
+    """RFC 2132 §3: the subnet's mask, router, DNS servers and domain."""
+    if ex.reply is None or ex.subnet_options is None:
+        return
+    ex.reply.options.update(ex.subnet_options)
+
+
+def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:
+    """Option 12 from the node inventory."""
+
+    def stage(ex: Exchange) -> None:
+        if ex.reply is None:
+            return
+        node = nodes.by_mac(ex.mac)
+        if node is not None and node.hostname:
+            ex.reply.options[Opt.HOSTNAME] = node.hostname.encode()
+            ex.note(f"hostname {node.hostname} from the node inventory")
+
+    return stage

@@ -1,0 +1,145 @@
+"""DHCP option codes and the option-area codec (RFC 2132, RFC 3396 long options)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class DhcpDecodeError(ValueError):
+    """Malformed DHCP input; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class MessageType(IntEnum):
+    """Option 53 values (RFC 2132 §9.6)."""
+
+    DISCOVER = 1
+    OFFER = 2
+    REQUEST = 3
+    DECLINE = 4
+    ACK = 5
+    NAK = 6
+    RELEASE = 7
+    INFORM = 8
+
+
+class Opt(IntEnum):
+    """Option codes bootd reads or writes (RFC 2132, RFC 4578, RFC 3004, RFC 3046)."""
+
+    PAD = 0
+    SUBNET_MASK = 1
+    ROUTER = 3
+    DNS = 6
+    HOSTNAME = 12
+    DOMAIN = 15
+    BROADCAST = 28
+    VENDOR_SPECIFIC = 43
+    REQUESTED_IP = 50
+    LEASE_TIME = 51
+    OVERLOAD = 52
+    MESSAGE_TYPE = 53
+    SERVER_ID = 54
+    PARAM_REQUEST = 55
+    MESSAGE = 56
+    MAX_SIZE = 57
+    RENEWAL_TIME = 58
+    REBINDING_TIME = 59
+    VENDOR_CLASS = 60
+    CLIENT_ID = 61
+    TFTP_SERVER = 66
+    BOOTFILE = 67
+    USER_CLASS = 77
+    RELAY_AGENT = 82
+    CLIENT_ARCH = 93
+    CLIENT_NDI = 94
+    UUID_GUID = 97
+    IPXE_ENCAP = 175
+    END = 255
+
+
+# Options 0 and 255 have no length byte (RFC 2132 §3.1, §3.2).
+_PAD = 0
+_END = 255
+
+
+def parse_option_area(data: bytes | memoryview, out: dict[int, bytes], where: str) -> None:
+    """Append the options in one area to `out`; repeated codes are concatenated (RFC 3396 §7)."""
+    i = 0
+    n = len(data)
+    while i < n:
+        code = data[i]
+        if code == _PAD:
+            i += 1
+            continue
+        if code == _END:
+            return
+        if i + 1 >= n:
+            raise DhcpDecodeError("bad-option", f"option {code} in {where} has no length byte")
+        length = data[i + 1]
+        end = i + 2 + length
+        if end > n:
+            raise DhcpDecodeError(
+                "bad-option", f"option {code} in {where} runs past the end ({length} bytes)"
+            )
+        value = bytes(data[i + 2 : end])
+        prev = out.get(code)
+        out[code] = value if prev is None else prev + value
+        i = end
+    # RFC 2131 §4.1 requires an END option, but many clients pad the area to its
+    # end instead; a missing END at the very end is harmless, so we accept it.
+
+
+def encode_options(options: dict[int, bytes]) -> bytearray:
+    """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
+    out = bytearray()
+    for code, value in options.items():
+        if code in (_PAD, _END):
+            continue
+        if not value:
+            out += bytes((code, 0))
+            continue
+        for start in range(0, len(value), 255):
+            chunk = value[start : start + 255]
+            out.append(code)
+            out.append(len(chunk))
+            out += chunk
+    out.append(_END)
+    return out
+
+
+def ip_bytes(ip: str) -> bytes:
+    """'10.0.0.1' → 4 bytes; raises ValueError."""
+    if ip == "0.0.0.0":
+        return b"\x00\x00\x00\x00"
+    parts = ip.split(".")
+    if len(parts) != 4:
+        raise ValueError(f"{ip!r} is not an IPv4 address")
+    return bytes(map(int, parts))
+
+
+def ip_str(b: bytes) -> str:
+    """4 bytes → dotted quad."""
+    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
+
+
+def parse_user_class(value: bytes) -> list[bytes]:
+    """Option 77: RFC 3004 length-prefixed list, or the raw string iPXE and older clients send."""
+    items: list[bytes] = []
+    i = 0
+    while i < len(value):
+        length = value[i]
+        if length == 0 or i + 1 + length > len(value):
+            return [value]
+        items.append(value[i + 1 : i + 1 + length])
+        i += 1 + length
+    return items or [value]
+
+
+def parse_client_arch(value: bytes) -> list[int]:
+    """Option 93: a list of 16-bit architecture types (RFC 4578 §2.1)."""
+    if len(value) < 2 or len(value) % 2:
+        raise DhcpDecodeError("bad-option", f"option 93 has {len(value)} bytes, not pairs")
+    return [int.from_bytes(value[i : i + 2], "big") for i in range(0, len(value), 2)]

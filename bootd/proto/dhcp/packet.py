@@ -1,0 +1,179 @@
+"""The DHCP message: fixed BOOTP header + magic cookie + options (RFC 2131 §2, RFC 951)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from bootd.proto.dhcp.options import (
+    DhcpDecodeError,
+    MessageType,
+    Opt,
+    encode_options,
+    ip_bytes,
+    ip_str,
+    parse_client_arch,
+    parse_option_area,
+    parse_user_class,
+)
+
+# op htype hlen hops xid secs flags ciaddr yiaddr siaddr giaddr chaddr sname file
+HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+HEADER_LEN = HEADER.size  # 236
+MAGIC = b"\x63\x82\x53\x63"  # RFC 2131 §3: 99.130.83.99
+MIN_LEN = HEADER_LEN + len(MAGIC)
+# RFC 1542 §2.1: BOOTP relays and old clients expect at least 300 octets.
+MIN_REPLY_LEN = 300
+# The largest UDP payload a DHCP message can have on Ethernet without fragmentation
+# is 1472; we accept more (jumbo frames) but nothing past the IPv4 UDP limit.
+MAX_LEN = 65507
+BOOTREQUEST = 1
+BOOTREPLY = 2
+BROADCAST_FLAG = 0x8000
+ZERO_IP = "0.0.0.0"
+
+
+@dataclass(slots=True)
+class DhcpPacket:
+    """One DHCP message; `options` maps code → value with repeated instances concatenated."""
+
+    op: int = BOOTREQUEST
+    htype: int = 1
+    hlen: int = 6
+    hops: int = 0
+    xid: int = 0
+    secs: int = 0
+    flags: int = 0
+    ciaddr: str = ZERO_IP
+    yiaddr: str = ZERO_IP
+    siaddr: str = ZERO_IP
+    giaddr: str = ZERO_IP
+    chaddr: bytes = b"\x00" * 16
+    sname: bytes = b""
+    file: bytes = b""
+    options: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def mac(self) -> str:
+        """chaddr as 'aa:bb:cc:dd:ee:ff' (the first hlen octets)."""
+        return self.chaddr[: self.hlen].hex(":")
+
+    @property
+    def message_type(self) -> MessageType | None:
+        """Option 53, or None for plain BOOTP or an unknown value."""
+        v = self.options.get(Opt.MESSAGE_TYPE)
+        if not v or len(v) != 1:
+            return None
+        try:
+            return MessageType(v[0])
+        except ValueError:
+            return None
+
+    @property
+    def broadcast(self) -> bool:
+        """The client asked for broadcast replies (RFC 2131 §4.1, flags bit 0)."""
+        return bool(self.flags & BROADCAST_FLAG)
+
+    def ip_option(self, code: int) -> str | None:
+        """An option holding one IPv4 address, or None if absent or not 4 bytes."""
+        v = self.options.get(code)
+        return ip_str(v) if v is not None and len(v) == 4 else None
+
+    @property
+    def vendor_class(self) -> str:
+        """Option 60 as text ('' when absent)."""
+        return self.options.get(Opt.VENDOR_CLASS, b"").decode("ascii", "replace")
+
+    @property
+    def user_classes(self) -> list[bytes]:
+        """Option 77 entries."""
+        v = self.options.get(Opt.USER_CLASS)
+        return parse_user_class(v) if v else []
+
+    @property
+    def client_arch(self) -> int | None:
+        """First architecture type of option 93 (RFC 4578 §2.1); malformed counts as absent."""
+        v = self.options.get(Opt.CLIENT_ARCH)
+        if not v:
+            return None
+        try:
+            return parse_client_arch(v)[0]
+        except DhcpDecodeError:
+            return None
+
+    def encode(self) -> bytes:
+        """Wire bytes: header, cookie, options (long ones split), END, padded to 300."""
+        head = HEADER.pack(
+            self.op,
+            self.htype,
+            self.hlen,
+            self.hops,
+            self.xid,
+            self.secs,
+            self.flags,
+            ip_bytes(self.ciaddr),
+            ip_bytes(self.yiaddr),
+            ip_bytes(self.siaddr),
+            ip_bytes(self.giaddr),
+            self.chaddr,
+            self.sname,
+            self.file,
+        )
+        body = encode_options(self.options)
+        pad = MIN_REPLY_LEN - HEADER_LEN - 4 - len(body)
+        if pad > 0:
+            body += bytes(pad)
+        return head + MAGIC + body
+
+
+def _cstr(b: bytes) -> bytes:
+    return b.split(b"\x00", 1)[0]
+
+
+def decode(data: bytes) -> DhcpPacket:
+    """Parse one DHCP message; raises DhcpDecodeError and nothing else."""
+    n = len(data)
+    if n < MIN_LEN:
+        raise DhcpDecodeError("truncated", f"{n} bytes, a DHCP message has at least {MIN_LEN}")
+    if n > MAX_LEN:
+        raise DhcpDecodeError("oversize", f"{n} bytes")
+    (op, htype, hlen, hops, xid, secs, flags, ci, yi, si, gi, chaddr, sname, file) = (
+        HEADER.unpack_from(data)
+    )
+    if op not in (BOOTREQUEST, BOOTREPLY):
+        raise DhcpDecodeError("bad-op", f"op {op}")
+    if hlen > 16:
+        raise DhcpDecodeError("bad-hlen", f"hlen {hlen} is longer than chaddr")
+    if data[HEADER_LEN:MIN_LEN] != MAGIC:
+        raise DhcpDecodeError("bad-cookie", "no DHCP magic cookie (plain BOOTP is not served)")
+    options: dict[int, bytes] = {}
+    view = memoryview(data)
+    parse_option_area(view[MIN_LEN:], options, "options")
+    overload = options.get(Opt.OVERLOAD)
+    if overload is not None:
+        if len(overload) != 1 or overload[0] not in (1, 2, 3):
+            raise DhcpDecodeError("bad-overload", f"option 52 = {overload.hex()}")
+        # RFC 3396 §7: concatenate in the order options, file, sname.
+        if overload[0] & 1:
+            parse_option_area(file, options, "file")
+            file = b""
+        if overload[0] & 2:
+            parse_option_area(sname, options, "sname")
+            sname = b""
+    return DhcpPacket(
+        op=op,
+        htype=htype,
+        hlen=hlen,
+        hops=hops,
+        xid=xid,
+        secs=secs,
+        flags=flags,
+        ciaddr=ip_str(ci),
+        yiaddr=ip_str(yi),
+        siaddr=ip_str(si),
+        giaddr=ip_str(gi),
+        chaddr=chaddr,
+        sname=_cstr(sname),
+        file=_cstr(file),
+        options=options,
+    )

@@ -1,0 +1,252 @@
+"""DHCP leases: an in-memory table for the hot path, written through to SQLite in batches."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bootd.store.db import Database, Migration
+
+log = logging.getLogger("bootd.dhcp")
+
+SCHEMA = (
+    Migration(
+        "leases",
+        1,
+        """CREATE TABLE dhcp_leases (
+            mac TEXT PRIMARY KEY,
+            ip TEXT NOT NULL UNIQUE,
+            expires REAL NOT NULL,
+            hostname TEXT,
+            updated REAL NOT NULL
+        );
+        CREATE TABLE dhcp_declined (ip TEXT PRIMARY KEY, until REAL NOT NULL)""",
+    ),
+)
+
+# Offers waiting for their REQUEST. One per client MAC; a flood of DISCOVERs with
+# random MACs must not grow memory or drain the pool for long, so the table is
+# bounded and offers expire after dhcp.offer_timeout.
+MAX_PENDING_OFFERS = 65536
+
+
+def ip_to_int(ip: str) -> int:
+    """Dotted quad → integer."""
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def int_to_ip(n: int) -> str:
+    """Integer → dotted quad."""
+    return f"{n >> 24 & 255}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+@dataclass(slots=True)
+class Lease:
+    """An address bound to a MAC until `expires` (epoch seconds)."""
+
+    mac: str
+    ip: str
+    expires: float
+    hostname: str | None = None
+
+    def active(self, now: float) -> bool:
+        """Not yet expired."""
+        return self.expires > now
+
+    def to_dict(self, now: float) -> dict[str, object]:
+        """JSON form for /api/v1/leases."""
+        return {
+            "mac": self.mac,
+            "ip": self.ip,
+            "expires": round(self.expires, 3),
+            "remaining": max(0, round(self.expires - now)),
+            "hostname": self.hostname,
+            "active": self.active(now),
+        }
+
+
+ReservedMac = Callable[[str], str | None]
+
+
+class LeaseTable:
+    """Leases keyed on chaddr; pending offers; DECLINEd addresses in quarantine.
+
+    Implements bootd.boot.identity.LeaseView. Nothing here awaits: the caller
+    awaits `persist()` before it sends the ACK, so many ACKs share one commit.
+    """
+
+    def __init__(self, db: Database, clock: Callable[[], float], reserved_mac: ReservedMac) -> None:
+        self._db = db
+        self._clock = clock
+        self._reserved_mac = reserved_mac
+        self._leases: dict[str, Lease] = {}
+        self._owner: dict[str, str] = {}  # ip → mac, expired leases included (affinity)
+        self._offers: dict[str, tuple[str, float]] = {}  # mac → (ip, expires)
+        self._offered: dict[str, str] = {}  # ip → mac
+        self._quarantine: dict[str, float] = {}  # ip → until
+        self._cursor: dict[tuple[int, int], int] = {}
+        self.offers_refused = 0
+
+    def load(self) -> None:
+        """Fill memory from SQLite (after a restart every committed lease is back)."""
+        for r in self._db.read("SELECT mac, ip, expires, hostname FROM dhcp_leases"):
+            lease = Lease(r["mac"], r["ip"], r["expires"], r["hostname"])
+            self._leases[lease.mac] = lease
+            self._owner[lease.ip] = lease.mac
+        for r in self._db.read("SELECT ip, until FROM dhcp_declined"):
+            self._quarantine[r["ip"]] = r["until"]
+
+    # LeaseView
+    def mac_for_ip(self, ip: str) -> str | None:
+        """MAC holding an active lease on this IP."""
+        mac = self._owner.get(ip)
+        if mac is None or not self._leases[mac].active(self._clock()):
+            return None
+        return mac
+
+    def ip_for_mac(self, mac: str) -> str | None:
+        """IP actively leased to this MAC."""
+        lease = self._leases.get(mac)
+        return lease.ip if lease is not None and lease.active(self._clock()) else None
+
+    def lease(self, mac: str) -> Lease | None:
+        """The lease record of this MAC, expired or not."""
+        return self._leases.get(mac)
+
+    def offered(self, mac: str, now: float) -> str | None:
+        """The address held for this MAC by an unexpired offer."""
+        o = self._offers.get(mac)
+        return o[0] if o is not None and o[1] > now else None
+
+    def all(self) -> list[Lease]:
+        """Every lease record, sorted by address."""
+        return sorted(self._leases.values(), key=lambda x: ip_to_int(x.ip))
+
+    def active_count(self) -> int:
+        """Leases not expired (for the gauge)."""
+        now = self._clock()
+        return sum(1 for x in self._leases.values() if x.expires > now)
+
+    def free_count(self, first: int, last: int) -> int:
+        """Addresses of a pool that could be offered right now (for the gauge)."""
+        now = self._clock()
+        return sum(1 for n in range(first, last + 1) if self.is_free(int_to_ip(n), "", now))
+
+    def is_free(self, ip: str, mac: str, now: float) -> bool:
+        """Whether `ip` may go to `mac`: no other active lease, offer, reservation or quarantine."""
+        q = self._quarantine.get(ip)
+        if q is not None and q > now:
+            return False
+        owner = self._owner.get(ip)
+        if owner is not None and owner != mac and self._leases[owner].expires > now:
+            return False
+        o = self._offered.get(ip)
+        if o is not None and o != mac and self._offers[o][1] > now:
+            return False
+        r = self._reserved_mac(ip)
+        return r is None or r == mac
+
+    def allocate(self, mac: str, first: int, last: int, now: float) -> str | None:
+        """A free address of the pool first..last, scanning from where the last scan ended."""
+        size = last - first + 1
+        key = (first, last)
+        start = self._cursor.get(key, first)
+        for i in range(size):
+            n = first + (start - first + i) % size
+            ip = int_to_ip(n)
+            if self.is_free(ip, mac, now):
+                self._cursor[key] = n + 1 if n < last else first
+                return ip
+        return None
+
+    def hold_offer(self, mac: str, ip: str, now: float, timeout: float) -> bool:
+        """Reserve `ip` for `mac` until the offer times out; False if the offer table is full."""
+        self.drop_offer(mac)
+        if len(self._offers) >= MAX_PENDING_OFFERS:
+            for m, (oip, until) in list(self._offers.items()):
+                if until <= now:
+                    del self._offers[m]
+                    self._offered.pop(oip, None)
+            if len(self._offers) >= MAX_PENDING_OFFERS:
+                self.offers_refused += 1
+                return False
+        self._offers[mac] = (ip, now + timeout)
+        self._offered[ip] = mac
+        return True
+
+    def drop_offer(self, mac: str) -> None:
+        """Forget this MAC's pending offer (it chose another server, or it was ACKed)."""
+        o = self._offers.pop(mac, None)
+        if o is not None and self._offered.get(o[0]) == mac:
+            del self._offered[o[0]]
+
+    def bind(self, mac: str, ip: str, expires: float, hostname: str | None) -> Lease:
+        """Make `ip` this MAC's lease in memory; the caller then awaits persist()."""
+        self.drop_offer(mac)
+        old = self._leases.get(mac)
+        if old is not None and old.ip != ip and self._owner.get(old.ip) == mac:
+            del self._owner[old.ip]
+        prev = self._owner.get(ip)
+        if prev is not None and prev != mac:
+            # Only an expired lease can be here (is_free checked); its address moves on.
+            del self._leases[prev]
+        lease = Lease(mac, ip, expires, hostname)
+        self._leases[mac] = lease
+        self._owner[ip] = mac
+        return lease
+
+    def persist(self, lease: Lease) -> Awaitable[None]:
+        """Write the lease; resolves once its batch is committed and fsynced."""
+        row = (lease.mac, lease.ip, lease.expires, lease.hostname, self._clock())
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dhcp_leases WHERE ip = ? AND mac != ?", (row[1], row[0]))
+            conn.execute(
+                "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, expires=excluded.expires, "
+                "hostname=excluded.hostname, updated=excluded.updated",
+                row,
+            )
+
+        return self._db.write(tx)
+
+    def release(self, mac: str, ip: str, now: float) -> bool:
+        """RELEASE: end the lease now but keep the record, so the MAC gets the same IP back."""
+        lease = self._leases.get(mac)
+        if lease is None or lease.ip != ip:
+            return False
+        lease.expires = now
+        self._db.write_nowait(
+            lambda c: c.execute(
+                "UPDATE dhcp_leases SET expires = ?, updated = ? WHERE mac = ?", (now, now, mac)
+            )
+        )
+        return True
+
+    def decline(self, mac: str, ip: str, now: float, quarantine: float) -> None:
+        """DECLINE: the address is in use by someone else; keep it out of the pool a while."""
+        self.drop_offer(mac)
+        lease = self._leases.get(mac)
+        if lease is not None and lease.ip == ip:
+            del self._leases[mac]
+            self._owner.pop(ip, None)
+        until = now + quarantine
+        self._quarantine[ip] = until
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dhcp_leases WHERE mac = ? AND ip = ?", (mac, ip))
+            conn.execute(
+                "INSERT INTO dhcp_declined(ip, until) VALUES (?, ?) "
+                "ON CONFLICT(ip) DO UPDATE SET until=excluded.until",
+                (ip, until),
+            )
+
+        self._db.write_nowait(tx)
+
+    def quarantined(self, ip: str, now: float) -> bool:
+        """DECLINEd and still in quarantine."""
+        q = self._quarantine.get(ip)
+        return q is not None and q > now

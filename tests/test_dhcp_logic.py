@@ -1,0 +1,343 @@
+"""DHCP reply logic with a fake clock and no sockets: every client state, PXE, relays, proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootd.boot.node import Node
+from bootd.config import parse_config
+from bootd.context import Context
+from bootd.dhcp.chain import build_stages, explain
+from bootd.dhcp.exchange import Exchange
+from bootd.dhcp.handler import BROADCAST, Destination, DhcpHandler
+from bootd.metrics import Metrics
+from bootd.proto.dhcp import DhcpPacket, MessageType, Opt, decode
+from bootd.proto.dhcp.options import ip_bytes
+from bootd.store import leases as leases_store
+from bootd.store import nodes as nodes_store
+from bootd.store.db import Database
+from bootd.store.leases import LeaseTable
+from bootd.timeline import recorder as timeline_store
+
+SERVER = "10.0.0.1"
+
+
+class Bench:
+    """A handler wired to a capture list and a settable clock."""
+
+    def __init__(self, tmp: Path, **dhcp: Any) -> None:
+        tftp = tmp / "tftp"
+        tftp.mkdir(exist_ok=True)
+        for name in ("undionly.kpxe", "ipxe.efi"):
+            (tftp / name).write_bytes(b"x")
+        cfg = {
+            "address": SERVER,
+            "state_dir": str(tmp),
+            "dhcp": {
+                "subnet": "10.0.0.0/24",
+                "pool": "10.0.0.100-10.0.0.103",
+                "router": SERVER,
+                "dns": [SERVER],
+                "domain": "cluster.local",
+                "relay_subnets": [{"subnet": "10.1.0.0/24", "pool": "10.1.0.50-10.1.0.60"}],
+                **dhcp,
+            },
+            "tftp": {"root": str(tftp)},
+            "http": {"port": 8080},
+        }
+        self.now = 1_000_000.0
+        self.db = Database(tmp / "bootd.sqlite3")
+        self.db.open([*leases_store.SCHEMA, *nodes_store.SCHEMA, *timeline_store.SCHEMA])
+        self.nodes = nodes_store.NodeInventory(self.db)
+        self.ctx = Context(
+            config=parse_config(cfg),
+            db=self.db,
+            nodes=self.nodes,
+            timeline=timeline_store.TimelineRecorder(self.db),
+            metrics=Metrics(),
+            clock=lambda: self.now,
+        )
+        self.leases = LeaseTable(self.db, self.ctx.clock, lambda ip: None)
+        self.stages = build_stages(self.ctx, self.leases)
+        self.sent: list[tuple[DhcpPacket, Destination]] = []
+        self.handler = DhcpHandler(
+            self.ctx, self.leases, self.stages, lambda w, d: self.sent.append((decode(w), d))
+        )
+
+    async def ask(
+        self,
+        mac: str,
+        mt: MessageType,
+        port: int = 67,
+        source: tuple[str, int] = ("0.0.0.0", 68),
+        **fields: Any,
+    ) -> tuple[DhcpPacket, Destination] | None:
+        opts: dict[int, bytes] = {Opt.MESSAGE_TYPE: bytes([mt])}
+        opts.update(fields.pop("options", {}))
+        for key, code in (("requested", Opt.REQUESTED_IP), ("server_id", Opt.SERVER_ID)):
+            if key in fields:
+                opts[code] = ip_bytes(fields.pop(key))
+        req = DhcpPacket(
+            xid=len(self.sent) + 1,
+            chaddr=bytes.fromhex(mac.replace(":", "")) + bytes(10),
+            options=opts,
+            **fields,
+        )
+        before = len(self.sent)
+        self.handler.handle(req.encode(), source, port)
+        await self.handler.drain(10)
+        return self.sent[-1] if len(self.sent) > before else None
+
+    async def lease(self, mac: str, **opts: Any) -> DhcpPacket:
+        """DISCOVER → OFFER → REQUEST → ACK."""
+        got = await self.ask(mac, MessageType.DISCOVER, **opts)
+        assert got is not None
+        offer = got[0]
+        got = await self.ask(
+            mac, MessageType.REQUEST, requested=offer.yiaddr, server_id=SERVER, **opts
+        )
+        assert got is not None and got[0].message_type is MessageType.ACK
+        return got[0]
+
+
+@pytest.fixture
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
+    b = Bench(tmp_path)
+    yield b
+    b.db.close()
+
+
+def mtype(p: DhcpPacket) -> MessageType | None:
+    return p.message_type
+
+
+async def test_dora_gives_address_and_options(bench: Bench) -> None:
+    ack = await bench.lease("52:54:00:00:00:01")
+    assert ack.yiaddr == "10.0.0.100"
+    o = ack.options
+    assert o[Opt.SERVER_ID] == ip_bytes(SERVER)
+    assert o[Opt.SUBNET_MASK] == bytes([255, 255, 255, 0])
+    assert o[Opt.ROUTER] == ip_bytes(SERVER) and o[Opt.DNS] == ip_bytes(SERVER)
+    assert o[Opt.DOMAIN] == b"cluster.local"
+    assert int.from_bytes(o[Opt.LEASE_TIME], "big") == 3600
+    assert int.from_bytes(o[Opt.RENEWAL_TIME], "big") == 1800
+    assert int.from_bytes(o[Opt.REBINDING_TIME], "big") == 3150
+    assert Opt.VENDOR_CLASS not in o and ack.file == b""  # not a PXE client
+    rows = bench.db.read("SELECT mac, ip FROM dhcp_leases")
+    assert [tuple(r) for r in rows] == [("52:54:00:00:00:01", "10.0.0.100")]
+    tl = bench.ctx.timeline.get("52:54:00:00:00:01")
+    assert tl is not None and tl.stages["dhcp-linux"].end is not None
+    assert tl.stages["dhcp-linux"].detail == "10.0.0.100"
+
+
+async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
+    ips = {(await bench.lease(f"52:54:00:00:01:{i:02x}")).yiaddr for i in range(4)}
+    assert ips == {"10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.103"}
+    assert await bench.ask("52:54:00:00:01:99", MessageType.DISCOVER) is None
+    assert bench.ctx.metrics.dhcp_messages.labels("discover", "exhausted")._value.get() == 1
+    # The leases are untouched by the failure.
+    assert len(bench.db.read("SELECT * FROM dhcp_leases")) == 4
+
+
+async def test_offer_holds_address_until_timeout(bench: Bench) -> None:
+    a = await bench.ask("52:54:00:00:02:01", MessageType.DISCOVER)
+    b = await bench.ask("52:54:00:00:02:02", MessageType.DISCOVER)
+    assert a and b and a[0].yiaddr != b[0].yiaddr
+    bench.now += 31  # offer_timeout 30 s
+    for i in range(3, 7):
+        await bench.lease(f"52:54:00:00:02:{i:02x}")
+    # The expired offers' addresses were reused; the late REQUEST is NAKed, not duplicated.
+    late = await bench.ask(
+        "52:54:00:00:02:01", MessageType.REQUEST, requested=a[0].yiaddr, server_id=SERVER
+    )
+    assert late is not None and mtype(late[0]) is MessageType.NAK
+    assert late[1].ip == BROADCAST
+
+
+async def test_selecting_other_server_frees_offer(bench: Bench) -> None:
+    got = await bench.ask("52:54:00:00:03:01", MessageType.DISCOVER)
+    assert got is not None
+    none = await bench.ask(
+        "52:54:00:00:03:01", MessageType.REQUEST, requested=got[0].yiaddr, server_id="10.0.0.9"
+    )
+    assert none is None
+    assert bench.leases.offered("52:54:00:00:03:01", bench.now) is None
+
+
+async def test_init_reboot_nak_for_wrong_address_and_ack_for_own(bench: Bench) -> None:
+    mac = "52:54:00:00:04:01"
+    ack = await bench.lease(mac)
+    wrong = await bench.ask(mac, MessageType.REQUEST, requested="10.0.0.102")
+    assert wrong is not None and mtype(wrong[0]) is MessageType.NAK
+    other_net = await bench.ask(mac, MessageType.REQUEST, requested="192.168.5.5")
+    assert other_net is not None and mtype(other_net[0]) is MessageType.NAK
+    again = await bench.ask(mac, MessageType.REQUEST, requested=ack.yiaddr)
+    assert again is not None and mtype(again[0]) is MessageType.ACK
+
+
+async def test_renewing_and_rebinding_extend_the_lease(bench: Bench) -> None:
+    mac = "52:54:00:00:05:01"
+    ack = await bench.lease(mac)
+    first = bench.leases.lease(mac)
+    assert first is not None
+    bench.now += 1800
+    renew = await bench.ask(mac, MessageType.REQUEST, ciaddr=ack.yiaddr, source=(ack.yiaddr, 68))
+    assert renew is not None and mtype(renew[0]) is MessageType.ACK
+    assert renew[1] == Destination(ack.yiaddr, 68)  # RFC 2131 §4.1: unicast to ciaddr
+    bench.now += 3000
+    rebind = await bench.ask(mac, MessageType.REQUEST, ciaddr=ack.yiaddr, flags=0x8000)
+    assert rebind is not None and mtype(rebind[0]) is MessageType.ACK
+    lease = bench.leases.lease(mac)
+    assert lease is not None and lease.expires == bench.now + 3600
+    row = bench.db.read("SELECT expires FROM dhcp_leases WHERE mac = ?", (mac,))
+    assert row[0][0] == bench.now + 3600
+    stolen = await bench.ask("52:54:00:00:05:02", MessageType.REQUEST, ciaddr=ack.yiaddr)
+    assert stolen is not None and mtype(stolen[0]) is MessageType.NAK
+
+
+async def test_decline_quarantines_and_release_frees(bench: Bench) -> None:
+    mac = "52:54:00:00:06:01"
+    ack = await bench.lease(mac)
+    await bench.ask(mac, MessageType.DECLINE, requested=ack.yiaddr, server_id=SERVER)
+    assert bench.leases.quarantined(ack.yiaddr, bench.now)
+    again = await bench.lease(mac)
+    assert again.yiaddr != ack.yiaddr
+    await bench.ask(mac, MessageType.RELEASE, ciaddr=again.yiaddr, server_id=SERVER)
+    assert bench.leases.ip_for_mac(mac) is None
+    others = [(await bench.lease(f"52:54:00:00:06:1{i}")).yiaddr for i in range(3)]
+    # The released address is free for others; the quarantined one is not.
+    assert again.yiaddr in others and ack.yiaddr not in others
+    assert await bench.ask("52:54:00:00:06:20", MessageType.DISCOVER) is None
+    # A DECLINE for an address that is not the client's changes nothing.
+    await bench.ask("52:54:00:00:06:03", MessageType.DECLINE, requested=others[0])
+    assert not bench.leases.quarantined(others[0], bench.now)
+
+
+async def test_inform_answers_without_lease(bench: Bench) -> None:
+    got = await bench.ask("52:54:00:00:07:01", MessageType.INFORM, ciaddr="10.0.0.50")
+    assert got is not None
+    reply, dest = got
+    assert mtype(reply) is MessageType.ACK and reply.yiaddr == "0.0.0.0"
+    assert Opt.LEASE_TIME not in reply.options and Opt.ROUTER in reply.options
+    assert dest == Destination("10.0.0.50", 68)
+    assert bench.db.read("SELECT * FROM dhcp_leases") == []
+
+
+async def test_reservation_and_hostname_from_inventory(bench: Bench) -> None:
+    mac = "52:54:00:00:08:01"
+    await bench.nodes.upsert([Node(mac=mac, ip="10.0.0.11", hostname="nid0011")])
+    ack = await bench.lease(mac)
+    assert ack.yiaddr == "10.0.0.11" and ack.options[Opt.HOSTNAME] == b"nid0011"
+    # The same MAC as iPXE and then Linux keeps the address (keyed on chaddr).
+    ipxe = await bench.lease(mac, options={Opt.USER_CLASS: b"iPXE"})
+    assert ipxe.yiaddr == "10.0.0.11"
+
+
+async def test_pxe_boot_files_by_arch(bench: Bench) -> None:
+    bios = await bench.lease(
+        "52:54:00:00:09:01",
+        options={Opt.VENDOR_CLASS: b"PXEClient:Arch:00000:UNDI:002001", Opt.CLIENT_ARCH: b"\0\0"},
+    )
+    assert bios.file == b"undionly.kpxe" and bios.siaddr == SERVER
+    assert bios.options[Opt.VENDOR_CLASS] == b"PXEClient"
+    uefi = await bench.lease(
+        "52:54:00:00:09:02",
+        options={Opt.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016", Opt.CLIENT_ARCH: b"\0\7"},
+    )
+    assert uefi.file == b"ipxe.efi"
+    # Architecture 6 maps to ipxe-i386.efi, which is not under tftp.root: no file.
+    ia32 = await bench.lease(
+        "52:54:00:00:09:03",
+        options={Opt.VENDOR_CLASS: b"PXEClient:Arch:00006", Opt.CLIENT_ARCH: b"\0\6"},
+    )
+    assert ia32.file == b""
+    http = await bench.lease(
+        "52:54:00:00:09:04",
+        options={Opt.VENDOR_CLASS: b"HTTPClient:Arch:00016", Opt.CLIENT_ARCH: b"\0\x10"},
+    )
+    assert http.file == b"http://10.0.0.1:8080/tftp/ipxe.efi"
+    assert http.options[Opt.VENDOR_CLASS] == b"HTTPClient"
+
+
+async def test_ipxe_gets_script_url_not_a_binary(bench: Bench) -> None:
+    mac = "52:54:00:00:0a:01"
+    for opts in ({Opt.USER_CLASS: b"iPXE"}, {Opt.IPXE_ENCAP: b"\x13\x01\x01"}):
+        ack = await bench.lease(mac, options={Opt.VENDOR_CLASS: b"PXEClient:Arch:00007", **opts})
+        assert ack.file == f"http://10.0.0.1:8080/boot/v1/bootscript?mac={mac}".encode()
+    tl = bench.ctx.timeline.get(mac)
+    assert tl is not None and "dhcp-ipxe" in tl.stages
+
+
+async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> None:
+    got = await bench.ask("52:54:00:00:0b:01", MessageType.DISCOVER, giaddr="10.1.0.1")
+    assert got is not None
+    offer, dest = got
+    assert offer.yiaddr == "10.1.0.50" and offer.giaddr == "10.1.0.1"
+    assert offer.options[Opt.SUBNET_MASK] == bytes([255, 255, 255, 0])
+    assert dest == Destination("10.1.0.1", 67)
+    unknown = await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1")
+    assert unknown is None
+
+
+async def test_unicast_reply_to_yiaddr_pins_arp(bench: Bench) -> None:
+    got = await bench.ask("52:54:00:00:0c:01", MessageType.DISCOVER)
+    assert got is not None
+    assert got[1].ip == got[0].yiaddr and got[1].arp_mac == bytes.fromhex("52540000 0c01")
+    got = await bench.ask("52:54:00:00:0c:02", MessageType.DISCOVER, flags=0x8000)
+    assert got is not None and got[1].ip == BROADCAST
+
+
+async def test_bad_input_counted_not_fatal(bench: Bench) -> None:
+    m = bench.ctx.metrics.malformed
+    bench.handler.handle(b"\x01\x02", ("10.0.0.9", 68), 67)
+    bench.handler.handle(b"\x01" * 300, ("10.0.0.9", 68), 67)
+    good = DhcpPacket(options={Opt.MESSAGE_TYPE: b"\x01"}).encode()
+    bench.handler.handle(good[:243] + b"\x0c\x20ab", ("10.0.0.9", 68), 67)
+    assert m.labels("dhcp", "truncated")._value.get() == 1
+    assert m.labels("dhcp", "bad-cookie")._value.get() == 1
+    assert m.labels("dhcp", "bad-option")._value.get() == 1
+    assert await bench.lease("52:54:00:00:0d:01")
+
+
+async def test_explain_changes_nothing(bench: Bench) -> None:
+    req = DhcpPacket(
+        chaddr=bytes.fromhex("525400000e01") + bytes(10),
+        options={Opt.MESSAGE_TYPE: b"\x01", Opt.USER_CLASS: b"iPXE"},
+    )
+    ex = explain(bench.stages, Exchange(request=req, now=bench.now, mac="52:54:00:00:0e:01"))
+    assert ex.reply is not None and ex.reply.yiaddr == "10.0.0.100"
+    assert any("boot script" in w for w in ex.why)
+    assert bench.leases.offered("52:54:00:00:0e:01", bench.now) is None
+
+
+async def test_proxy_mode_boot_info_only(tmp_path: Path) -> None:
+    b = Bench(tmp_path, mode="proxy")
+    pxe = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00007", Opt.CLIENT_ARCH: b"\0\7"}
+    got = await b.ask("52:54:00:00:0f:01", MessageType.DISCOVER, options=pxe)
+    assert got is not None
+    offer, dest = got
+    assert offer.yiaddr == "0.0.0.0" and offer.file == b"ipxe.efi" and dest.ip == BROADCAST
+    assert await b.ask("52:54:00:00:0f:02", MessageType.DISCOVER) is None  # not PXE
+    got = await b.ask(
+        "52:54:00:00:0f:01",
+        MessageType.REQUEST,
+        port=4011,
+        ciaddr="10.0.0.77",
+        source=("10.0.0.77", 68),
+        options=pxe,
+    )
+    assert got is not None and mtype(got[0]) is MessageType.ACK
+    assert got[1].ip == "10.0.0.77" and got[0].file == b"ipxe.efi"
+    assert b.db.read("SELECT * FROM dhcp_leases") == []
+    b.db.close()
+
+
+async def test_leases_survive_reload_from_db(bench: Bench) -> None:
+    acked = {(await bench.lease(f"52:54:00:00:10:{i:02x}")).yiaddr for i in range(3)}
+    fresh = LeaseTable(bench.db, bench.ctx.clock, lambda ip: None)
+    fresh.load()
+    assert {x.ip for x in fresh.all()} == acked
