@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import random
 import resource
 import sys
@@ -93,7 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.t0:
         args.t0 = time.time()
-    result = asyncio.run(storm(args))
+    profile = os.environ.get("BST_STORM_PROFILE")
+    if profile:
+        # Harness tuning only: where the clients spend their CPU.
+        import cProfile
+
+        prof = cProfile.Profile()
+        result = prof.runcall(asyncio.run, storm(args))
+        prof.dump_stats(profile)
+    else:
+        result = asyncio.run(storm(args))
     args.out.write_text(json.dumps(result))
     return 0
 

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 # draining a 32 MB rootfs costs the client a few syscalls, not a 32 MB memcpy.
 MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
 CHUNK = 1 << 20
+# Wake the drain only when this much is queued (SO_RCVLOWAT): fewer wakeups per megabyte.
+LOWAT = 256 << 10
 # Bodies we keep (scripts, cloud-init) are small; anything past this is a client error.
 MAX_KEPT_BODY = 4 << 20
 MAX_HEADER = 64 << 10
@@ -42,11 +44,21 @@ class _BodyReader:
         self.buf = buf
         self.parts: list[bytes] = []
         self.nbytes = 0
+        self.lowat = 1
         self.last_rx = time.monotonic()
         self.done: asyncio.Future[None] = self.loop.create_future()
 
+    def set_lowat(self) -> None:
+        """Wake at LOWAT bytes, or at the last bytes of the body."""
+        want = max(1, min(LOWAT, self.remaining))
+        if want != self.lowat:
+            self.lowat = want
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+
     def on_readable(self) -> None:
         flags = 0 if self.keep else MSG_TRUNC
+        if not self.keep:
+            self.set_lowat()
         while self.remaining and not self.done.done():
             try:
                 n = self.sock.recv_into(self.buf, min(len(self.buf), self.remaining), flags)
@@ -63,6 +75,8 @@ class _BodyReader:
             self.remaining -= n
             self.nbytes += n
             self.last_rx = time.monotonic()
+            if not self.keep and self.remaining < self.lowat:
+                self.set_lowat()
         if not self.done.done():
             self.done.set_result(None)
 

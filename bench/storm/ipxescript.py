@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 _VAR = re.compile(r"\$\{([^}]*)\}")
+_WORD = re.compile(r"\"[^\"]*\"|'[^']*'|\S+")
 # Bound on chained scripts: iPXE itself would loop forever; a storm node gives up.
 MAX_CHAIN = 8
 MAX_STEPS = 1000
@@ -52,6 +52,11 @@ def expand(text: str, variables: dict[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
+def split_words(line: str) -> list[str]:
+    """Whitespace-separated words; a quoted word keeps its spaces (quotes removed)."""
+    return [w[1:-1] if w[:1] in "'\"" and len(w) > 1 else w for w in _WORD.findall(line)]
+
+
 def _split_conditions(line: str) -> list[tuple[str, str]]:
     """'a || b && c' → [('', 'a'), ('||', 'b'), ('&&', 'c')] (iPXE evaluates left to right)."""
     out: list[tuple[str, str]] = []
@@ -86,7 +91,7 @@ async def run(
         for op, cmd in _split_conditions(line):
             if (op == "||" and ok) or (op == "&&" and not ok):
                 continue
-            argv = shlex.split(expand(cmd, variables))
+            argv = split_words(expand(cmd, variables))
             verb, args = argv[0], argv[1:]
             if verb == "goto":
                 if args[0] not in labels:

@@ -74,7 +74,7 @@ class _Transfer:
         self.sock.setblocking(False)
         self.buf = bytearray(65536)
         self.view = memoryview(self.buf)
-        self.peer: tuple[str, int] | None = None
+        self.connected = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.last_rx = time.monotonic()
         self.last_sent = b""
@@ -88,11 +88,14 @@ class _Transfer:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
-    def send(self, pkt: bytes, to: tuple[str, int] | None = None) -> None:
+    def send(self, pkt: bytes) -> None:
         self.last_sent = pkt
         # A send error is a lost packet to the client as to the wire: the timer resends.
         with contextlib.suppress(OSError):
-            self.sock.sendto(pkt, to or self.peer or self.server)
+            if self.connected:
+                self.sock.send(pkt)
+            else:
+                self.sock.sendto(pkt, self.server)
 
     def fail(self, reason: str) -> None:
         if not self.done.done():
@@ -118,35 +121,39 @@ class _Transfer:
         self._timer = self.loop.call_later(self.timeout, self._on_timer)
 
     def _on_readable(self) -> None:
-        while not self.done.done():
+        sock, buf, view, done = self.sock, self.buf, self.view, self.done
+        got = False
+        while not done.done():
             try:
-                n, addr = self.sock.recvfrom_into(self.buf)
+                if self.connected:
+                    n = sock.recv_into(buf)
+                else:
+                    n, addr = sock.recvfrom_into(buf)
+                    if addr[0] != self.server[0]:
+                        continue
+                    # Lock onto the server's TID (RFC 1350 §4); the kernel then drops
+                    # datagrams from any other port, so the hot path needs no address check.
+                    sock.connect(addr)
+                    self.connected = True
             except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:
+                # ICMP port unreachable: the server's transfer socket is gone (e.g. restarted).
+                self.fail("server transfer port closed")
                 return
             except OSError as exc:
                 self.fail(f"socket error: {exc.strerror}")
                 return
+            got = True
             if n < 4:
                 continue
-            if self.peer is None:
-                if addr[0] != self.server[0]:
-                    continue
-                self.peer = addr
-            elif addr != self.peer:
-                # RFC 1350 §4: a packet from another TID gets an error and changes nothing.
-                self.send_raw(error_packet(5, "unknown transfer ID"), addr)
-                continue
-            self.last_rx = time.monotonic()
-            op, arg = _OP.unpack_from(self.buf)
-            if op == ERROR:
-                msg = bytes(self.buf[4:n]).split(b"\0", 1)[0].decode("latin-1")
-                self.fail(f"server error {arg}: {msg}")
+            if buf[1] == ERROR:
+                msg = bytes(buf[4:n]).split(b"\0", 1)[0].decode("latin-1")
+                self.fail(f"server error {(buf[2] << 8) | buf[3]}: {msg}")
                 return
-            self.handler(self.view, n)
-
-    def send_raw(self, pkt: bytes, to: tuple[str, int]) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendto(pkt, to)
+            self.handler(view, n)
+        if got:
+            self.last_rx = time.monotonic()
 
 
 async def probe_tsize(
@@ -157,7 +164,7 @@ async def probe_tsize(
     size: list[int | None] = [None]
 
     def on_packet(v: memoryview, n: int) -> None:
-        op = _OP.unpack_from(v)[0]
+        op = v[1]
         if op == OACK:
             opts = parse_oack(v[:n])
             if "tsize" in opts and opts["tsize"].isdigit():
@@ -177,6 +184,19 @@ async def probe_tsize(
     return size[0]
 
 
+class _ReadState:
+    """Where one download stands."""
+
+    __slots__ = ("acked", "blksize", "bytes", "expect", "window")
+
+    def __init__(self) -> None:
+        self.blksize = 512
+        self.window = 1
+        self.expect = 1
+        self.acked = 0
+        self.bytes = 0
+
+
 async def fetch(
     local_ip: str,
     server: tuple[str, int],
@@ -191,42 +211,40 @@ async def fetch(
     if not profile.tsize_probe:
         opts["tsize"] = 0
     t = _Transfer(local_ip, server, profile.timeout, profile.retries)
-    st = {"blksize": 512, "window": 1, "expect": 1, "acked": 0, "bytes": 0}
+    st = _ReadState()
+    ack_pack = _OP.pack
 
     def ack(block: int) -> None:
-        st["acked"] = block
-        t.send(_OP.pack(ACK, block & 0xFFFF))
+        st.acked = block
+        t.send(ack_pack(ACK, block & 0xFFFF))
 
     def on_packet(v: memoryview, n: int) -> None:
-        op, block = _OP.unpack_from(v)
-        if op == OACK:
-            if st["expect"] != 1:
-                return
+        op = v[1]
+        block = (v[2] << 8) | v[3]
+        if op == DATA:
+            expect = st.expect
+            if block == expect & 0xFFFF:
+                st.bytes += n - 4
+                st.expect = expect + 1
+                if n - 4 < st.blksize:
+                    ack(expect)
+                    t.finish()
+                elif expect - st.acked >= st.window:
+                    ack(expect)
+            elif (block - expect) & 0xFFFF < 0x8000:
+                # RFC 7440 §4: a gap in the window; acknowledge what arrived in order so
+                # the sender restarts from there (once per window, not per packet).
+                if st.acked != expect - 1:
+                    on_retry("tftp gap")
+                    ack(expect - 1)
+            elif st.window == 1 or (block - 1) % st.window == 0:
+                # The sender restarted a window we already have: our ACK was lost, repeat it.
+                t.send(ack_pack(ACK, (expect - 1) & 0xFFFF))
+        elif op == OACK and st.expect == 1:
             o = parse_oack(v[:n])
-            st["blksize"] = int(o.get("blksize", "512"))
-            st["window"] = int(o.get("windowsize", "1"))
+            st.blksize = int(o.get("blksize", "512"))
+            st.window = int(o.get("windowsize", "1"))
             ack(0)
-            return
-        if op != DATA:
-            return
-        expect = st["expect"]
-        if block == expect & 0xFFFF:
-            st["bytes"] += n - 4
-            st["expect"] = expect + 1
-            if n - 4 < st["blksize"]:
-                ack(expect)
-                t.finish()
-            elif expect - st["acked"] >= st["window"]:
-                ack(expect)
-        elif (block - expect) & 0xFFFF < 0x8000:
-            # RFC 7440 §4: a gap in the window; acknowledge what arrived in order so the
-            # sender restarts from there (once per window, not per packet).
-            if st["acked"] != expect - 1:
-                on_retry("tftp gap")
-                ack(expect - 1)
-        elif ((block - 1) % st["window"]) == 0 or st["window"] == 1:
-            # The sender restarted a window we already have: our ACK was lost, repeat it.
-            t.send(_OP.pack(ACK, (expect - 1) & 0xFFFF))
 
     t.handler = on_packet
     t.send(rrq(filename, opts))
@@ -236,4 +254,4 @@ async def fetch(
         if t.timeouts:
             on_retry(f"tftp timeout x{t.timeouts}")
         t.close()
-    return st["bytes"]
+    return st.bytes
