@@ -13,6 +13,8 @@ from bootd.config import Config, ConfigError, load_config, load_yaml
 from bootd.context import Context, Service, StartupError
 from bootd.metrics import Metrics
 from bootd.sdnotify import notify, watchdog_interval
+from bootd.store import bss as bss_store
+from bootd.store import cloudinit as cloudinit_store
 from bootd.store import leases as leases_store
 from bootd.store import nodes as nodes_store
 from bootd.store.db import Database, Migration, StoreError
@@ -24,7 +26,13 @@ log = logging.getLogger("bootd")
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps."""
-    return [*nodes_store.SCHEMA, *timeline_store.SCHEMA, *leases_store.SCHEMA]
+    return [
+        *nodes_store.SCHEMA,
+        *timeline_store.SCHEMA,
+        *leases_store.SCHEMA,
+        *bss_store.SCHEMA,
+        *cloudinit_store.SCHEMA,
+    ]
 
 
 def build_services(ctx: Context) -> list[Service]:
@@ -34,6 +42,10 @@ def build_services(ctx: Context) -> list[Service]:
         from bootd.dhcp.service import DhcpService
 
         services.append(DhcpService(ctx))  # sets ctx.leases; starts before HTTP
+    if ctx.config.tftp.enabled:
+        from bootd.tftp.service import TftpService
+
+        services.append(TftpService(ctx))
     if ctx.config.http.enabled:
         from bootd.http.service import HttpService
 
@@ -87,6 +99,7 @@ class Daemon:
         self.ctx = Context(
             config=self.config, db=self.db, nodes=nodes, timeline=timeline, metrics=self.metrics
         )
+        self.ctx.ci_tokens = cloudinit_store.install(self.ctx)
         if self.config.nodes is not None:
             await nodes.upsert(load_inventory_file(self.config.nodes))
         self.services = build_services(self.ctx)

@@ -43,6 +43,11 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             timelines = [t for t in timelines if t.mac == norm]
         return web.json_response([t.to_dict() for t in timelines])
 
+    async def show_config(_: web.Request) -> web.Response:
+        # The effective (running) config; the token itself lives in a file and is never shown.
+        return web.json_response(ctx.config.model_dump(mode="json", by_alias=True))
+
+    app.router.add_get("/api/v1/config", show_config)
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_post("/api/v1/nodes", put_nodes)
     app.router.add_get("/api/v1/boots", list_boots)

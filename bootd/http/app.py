@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bootd.context import Context
-from bootd.http import api, leases, ops
+from bootd.http import api, bootscript, bss, cloudinit, images, leases, ops
 from bootd.http.problem import PROBLEM_TYPE
 
 log = logging.getLogger("bootd.http")
@@ -50,4 +50,8 @@ def build_app(ctx: Context) -> web.Application:
     ops.add_routes(app, ctx)
     api.add_routes(app, ctx)
     leases.add_routes(app, ctx)
+    bss.add_routes(app, ctx)
+    bootscript.add_routes(app, ctx)
+    images.add_routes(app, ctx)
+    cloudinit.add_routes(app, ctx)
     return app

@@ -1,0 +1,1 @@
+"""TFTP benchmark: bootd vs dnsmasq vs tftpd-hpa (`python -m bench.tftp`)."""

@@ -1,0 +1,37 @@
+"""Map a requested TFTP file name to a path inside tftp.root, or refuse it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bootd.proto.tftp.packets import ErrorCode
+
+
+class Refused(Exception):
+    """The request cannot be served: TFTP error `code`, `message` for the client, `reason` label."""
+
+    def __init__(self, code: ErrorCode, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+def jailed_path(root: Path, filename: str) -> str:
+    """Real path of `filename` under root; raises Refused(ACCESS_VIOLATION) if it escapes."""
+    # PXE ROMs written for Windows servers send backslashes; '..\\' must not slip through.
+    name = filename.replace("\\", "/")
+    if "\0" in name:
+        raise Refused(ErrorCode.ACCESS_VIOLATION, "NUL byte in file name", "nul")
+    # "/ipxe.efi" means the file at the top of the root; anything still absolute is refused.
+    name = name.removeprefix("/")
+    if name.startswith("/"):
+        raise Refused(ErrorCode.ACCESS_VIOLATION, "absolute path refused", "absolute")
+    if ".." in name.split("/"):
+        raise Refused(ErrorCode.ACCESS_VIOLATION, "'..' in path refused", "traversal")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, name))
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise Refused(ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink")
+    return real

@@ -1,0 +1,153 @@
+"""One transfer on the wire: its TID socket, its state machine, its bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Protocol
+
+from bootd.proto.tftp.packets import MAX_REQUEST, TftpDecodeError
+from bootd.proto.tftp.transfer import Outcome, Phase, ReadTransfer
+from bootd.tftp.files import SharedFile
+
+log = logging.getLogger("bootd.tftp")
+
+Address = tuple[str, int]
+# Datagrams read per wakeup, so one busy transfer cannot starve the others.
+DRAIN_BATCH = 64
+
+
+class SessionOwner(Protocol):
+    """What a session reports to its service (metrics, timeline, unknown TIDs)."""
+
+    buffer: bytearray
+
+    def now(self) -> float:
+        """Monotonic time for deadlines."""
+        ...
+
+    def data_started(self, s: Session, now: float) -> None:
+        """The first DATA went out (after the OACK was acknowledged, if any)."""
+        ...
+
+    def finished(self, s: Session, now: float) -> None:
+        """The transfer is over; its outcome is set."""
+        ...
+
+    def malformed(self, reason: str) -> None:
+        """A datagram was dropped as garbage."""
+        ...
+
+    def unknown_tid(self, sock: socket.socket, addr: Address, n: int) -> None:
+        """A datagram reached a TID socket from someone other than its peer."""
+        ...
+
+    def error_sent(self, code: int) -> None:
+        """We sent an ERROR packet."""
+        ...
+
+
+class Session:
+    """Adapter around ReadTransfer: guard size → feed bytes → send what it returns."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        own_socket: bool,
+        peer: Address,
+        transfer: ReadTransfer,
+        filename: str,
+        mac: str | None,
+        file: SharedFile | None,
+        owner: SessionOwner,
+    ) -> None:
+        self.sock = sock
+        self.own_socket = own_socket
+        self.peer = peer
+        self.transfer = transfer
+        self.filename = filename
+        self.mac = mac
+        self.file = file
+        self.owner = owner
+        self.started_at = 0.0
+
+    def start(self, now: float) -> None:
+        """Send the OACK or the first window; watch our own TID socket."""
+        self.started_at = now
+        if self.own_socket:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
+        self._send(self.transfer.start(now))
+        self._after(Phase.OACK, now)
+
+    def _on_readable(self) -> None:
+        buf = self.owner.buffer
+        now = self.owner.now()
+        for _ in range(DRAIN_BATCH):
+            try:
+                n, addr = self.sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
+                continue
+            if addr != self.peer:
+                self.owner.unknown_tid(self.sock, addr, n)
+                continue
+            self.datagram(bytes(buf[:n]), now)
+            if self.transfer.done:
+                return
+
+    def datagram(self, data: bytes, now: float) -> None:
+        """A datagram from our peer."""
+        if len(data) > MAX_REQUEST:
+            self.owner.malformed("oversized")
+            return
+        before = self.transfer.phase
+        try:
+            out = self.transfer.receive(data, now)
+        except TftpDecodeError as exc:
+            self.owner.malformed(exc.reason)
+            return
+        self._send(out)
+        self._after(before, now)
+
+    def on_timeout(self, now: float) -> None:
+        """Deadline passed: let the state machine retransmit or give up."""
+        self._send(self.transfer.on_timeout(now))
+        self._after(self.transfer.phase, now)
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        sendto = self.sock.sendto
+        peer = self.peer
+        for d in datagrams:
+            try:
+                sendto(d, peer)
+            except (BlockingIOError, InterruptedError):
+                # Send buffer full: like a lost packet, the retransmit timer recovers it.
+                return
+            except OSError as exc:
+                log.debug("tftp: send to %s:%d failed: %s", *peer, exc)
+                return
+        if datagrams and datagrams[-1][1] == 5:
+            code = datagrams[-1][3]
+            self.owner.error_sent(code)
+
+    def _after(self, before: Phase, now: float) -> None:
+        t = self.transfer
+        if before is Phase.OACK and t.phase is not Phase.OACK and t.outcome is None:
+            self.owner.data_started(self, now)
+        if t.done:
+            self.owner.finished(self, now)
+
+    def close(self) -> None:
+        """Release the socket (our own TID only)."""
+        if self.own_socket:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def outcome_label(outcome: Outcome | None) -> str:
+    """tftp_transfers{result} label."""
+    return outcome.value if outcome is not None else "shutdown"
