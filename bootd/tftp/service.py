@@ -29,6 +29,7 @@ from bootd.proto.tftp.packets import (
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import GENERATED, FileCache, SharedFile, ipxe_chain_script
 from bootd.tftp.jail import Refused, jailed_path
+from bootd.tftp.sender import WindowSender
 from bootd.tftp.session import DRAIN_BATCH, Address, Session
 
 log = logging.getLogger("bootd.tftp")
@@ -49,6 +50,7 @@ class TftpService:
         self.ctx = ctx
         self.cfg = ctx.config.tftp
         self.buffer = bytearray(65536)
+        self.sender = WindowSender()
         self._files = FileCache()
         # Transfers in flight by client address. Bounded by tftp.max_transfers, checked
         # before every insert: that is what keeps sockets and timers finite in a storm.

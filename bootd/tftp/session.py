@@ -10,6 +10,7 @@ from typing import Protocol
 from bootd.proto.tftp.packets import MAX_REQUEST, TftpDecodeError
 from bootd.proto.tftp.transfer import Outcome, Phase, ReadTransfer
 from bootd.tftp.files import SharedFile
+from bootd.tftp.sender import WindowSender
 
 log = logging.getLogger("bootd.tftp")
 
@@ -22,6 +23,7 @@ class SessionOwner(Protocol):
     """What a session reports to its service (metrics, timeline, unknown TIDs)."""
 
     buffer: bytearray
+    sender: WindowSender
 
     def now(self) -> float:
         """Monotonic time for deadlines."""
@@ -118,20 +120,12 @@ class Session:
         self._after(self.transfer.phase, now)
 
     def _send(self, datagrams: list[bytes]) -> None:
-        sendto = self.sock.sendto
-        peer = self.peer
-        for d in datagrams:
-            try:
-                sendto(d, peer)
-            except (BlockingIOError, InterruptedError):
-                # Send buffer full: like a lost packet, the retransmit timer recovers it.
-                return
-            except OSError as exc:
-                log.debug("tftp: send to %s:%d failed: %s", *peer, exc)
-                return
-        if datagrams and datagrams[-1][1] == 5:
-            code = datagrams[-1][3]
-            self.owner.error_sent(code)
+        if not datagrams:
+            return
+        self.owner.sender.send(self.sock, datagrams, self.peer)
+        last = datagrams[-1]
+        if last[1] == 5:
+            self.owner.error_sent(last[3])
 
     def _after(self, before: Phase, now: float) -> None:
         t = self.transfer
