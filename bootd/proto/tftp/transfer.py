@@ -13,7 +13,6 @@ from bootd.proto.tftp.packets import (
     OptionAck,
     decode,
     encode,
-    encode_data,
     encode_error,
 )
 
@@ -23,8 +22,8 @@ class Blocks(Protocol):
 
     last: int | None
 
-    def block(self, index: int) -> bytes:
-        """Payload of block `index` (1-based)."""
+    def packet(self, index: int) -> bytes:
+        """DATA datagram of block `index` (1-based)."""
         ...
 
     def release(self, upto: int) -> None:
@@ -87,11 +86,11 @@ class ReadTransfer:
         out: list[bytes] = []
         i = first
         while i <= end and (last is None or i <= last):
-            payload = self._blocks.block(i)
-            out.append(encode_data(i, payload))
+            pkt = self._blocks.packet(i)
+            out.append(pkt)
             if i > self._sent:
                 self._sent = i
-                self.bytes_sent += len(payload)
+                self.bytes_sent += len(pkt) - 4
             else:
                 self.retransmits += 1
             last = self._blocks.last
