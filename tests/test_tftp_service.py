@@ -332,3 +332,20 @@ def test_window_sender_groups_equal_runs() -> None:
     sent.clear()
     assert w.send(FakeSock(), [b"x" * 1472] * 100, ("x", 1))  # type: ignore[arg-type]
     assert [len(d) // 1472 for d, _ in sent] == [44, 44, 12]  # 64 KB per send at most
+
+
+async def test_unreadable_file_ends_that_transfer_only(
+    tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootd.tftp.files import SharedFile
+
+    def eio(self: SharedFile, offset: int, length: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(SharedFile, "read", eio)
+    r = await fetch(addr(tftpd), "sub/exact.bin")
+    assert not r.ok and r.error.startswith("error 0")
+    assert sample(tftpd, "bootd_tftp_transfers_total", result="error") == 1
+    assert sample(tftpd, "bootd_tftp_active_transfers") == 0
+    monkeypatch.undo()
+    assert (await fetch(addr(tftpd), "sub/exact.bin")).ok

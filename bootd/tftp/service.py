@@ -148,14 +148,26 @@ class TftpService:
             for s in list(self._sessions.values()):
                 d = s.transfer.deadline
                 if d is not None and d <= now:
-                    s.on_timeout(now)
+                    try:
+                        s.on_timeout(now)
+                    except OSError as exc:
+                        self._read_failed(s, exc, now)
+
+    def _read_failed(self, s: Session, exc: OSError, now: float) -> None:
+        self._warn.warning(
+            f"read-{s.filename}", "tftp: cannot read %s: %s; ending its transfers", s.filename, exc
+        )
+        s.fail(now)
 
     def _on_tids_readable(self) -> None:
         now, by_fd = self.now(), self._by_fd
         for fd, _ in self._tids.poll(0, len(by_fd) or 1):
             s = by_fd.get(fd)
             if s is not None:
-                s.on_readable(now)
+                try:
+                    s.on_readable(now)
+                except OSError as exc:
+                    self._read_failed(s, exc, now)
 
     def _on_listen_readable(self) -> None:
         assert self._sock is not None
@@ -179,7 +191,10 @@ class TftpService:
 
     def _on_listen_datagram(self, data: bytes, addr: Address, local_ip: str, now: float) -> None:
         if self._single_port and (s := self._sessions.get(addr)) is not None:
-            s.datagram(data, now)
+            try:
+                s.datagram(data, now)
+            except OSError as exc:
+                self._read_failed(s, exc, now)
             return
         if len(data) > MAX_REQUEST:
             self.malformed("oversized")
@@ -246,7 +261,10 @@ class TftpService:
             self._by_fd[sock.fileno()] = s
             self._tids.register(sock.fileno(), select.EPOLLIN)
         self.ctx.metrics.tftp_active.set(len(self._sessions))
-        s.start(now)
+        try:
+            s.start(now)
+        except OSError as exc:
+            self._read_failed(s, exc, now)
 
     def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
         root = self.cfg.root

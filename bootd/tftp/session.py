@@ -107,6 +107,11 @@ class Session:
         self._send(self.transfer.on_timeout(now))
         self._after(self.transfer.phase, now)
 
+    def fail(self, now: float) -> None:
+        """Reading the file failed (EIO, a vanished NFS mount): end this transfer only."""
+        self._send(self.transfer.fail())
+        self._after(self.transfer.phase, now)
+
     def _send(self, datagrams: list[bytes]) -> None:
         if not datagrams:
             return

@@ -47,6 +47,7 @@ class Outcome(Enum):
     ABORTED = "aborted"  # client sent an ERROR mid-transfer
     TIMEOUT = "timeout"
     ILLEGAL = "illegal"  # client sent something other than ACK/ERROR
+    ERROR = "error"  # the server could not go on (the file became unreadable)
 
 
 class ReadTransfer:
@@ -97,6 +98,13 @@ class ReadTransfer:
             i += 1
         self._window_end = i - 1
         return out
+
+    def fail(self) -> list[bytes]:
+        """The server cannot continue: end the transfer and tell the client (error 0)."""
+        if self.done:
+            return []
+        self._finish(Outcome.ERROR)
+        return [encode_error(ErrorCode.NOT_DEFINED, "server error reading the file")]
 
     def _finish(self, outcome: Outcome) -> None:
         self.phase = Phase.DONE
