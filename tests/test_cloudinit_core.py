@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bootd.boot.citoken import TokenIssuer, Verdict, issued_at_ms
-from bootd.boot.cloudinit import GroupData, NodeSeed, parse_defaults, parse_group
+from bootd.boot.cloudinit import GroupData, NodeSeed, dump_yaml, parse_defaults, parse_group
 from bootd.boot.node import Node
 
 MAC = "52:54:00:00:00:01"
@@ -70,7 +70,9 @@ def _seed(**kw: object) -> NodeSeed:
 
 def test_meta_data_shape() -> None:
     s = _seed()
-    md = yaml.safe_load(yaml.safe_dump(s.meta_data()))
+    text = dump_yaml(s.meta_data())
+    assert "&id" not in text and "*id" not in text  # no YAML aliases for operators to decode
+    md = yaml.safe_load(text)
     assert md["instance-id"] == s.instance_id and md["instance-id"].startswith("i-")
     assert md["local-hostname"] == md["hostname"] == "nid0001"
     assert md["cluster-name"] == "demo"
