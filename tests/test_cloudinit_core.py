@@ -7,6 +7,8 @@ import email
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootd.boot.citoken import TokenIssuer, Verdict, issued_at_ms
 from bootd.boot.cloudinit import GroupData, NodeSeed, dump_yaml, parse_defaults, parse_group
@@ -140,3 +142,12 @@ def test_parse_group_validates() -> None:
         parse_defaults({"nid-length": "3"})
     with pytest.raises(ValueError, match="unknown key"):
         parse_defaults({"clustername": "x"})
+
+
+@given(
+    st.text(max_size=300) | st.from_regex(r"[0-9a-z]{1,12}\.[A-Za-z0-9_\-]{0,60}", fullmatch=True)
+)
+@settings(max_examples=300, deadline=None)
+def test_any_presented_token_gets_a_verdict(token: str) -> None:
+    v = TokenIssuer(b"k" * 32).verify(token, MAC, T0, 1800, None)
+    assert v is not Verdict.OK

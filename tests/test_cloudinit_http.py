@@ -268,3 +268,29 @@ async def test_trusted_proxies_follow_a_reload(ci: Daemon, cfg_dict: dict[str, A
     ci.config_path.write_text(yaml.safe_dump(cfg_dict))
     assert await ci.reload()
     assert (await fetch(ci, "/cloud-init/meta-data", PROXY, headers=hdr))[0] == 404
+
+
+async def test_bad_input_is_refused_and_counted(ci: Daemon) -> None:
+    admin = "/cloud-init/admin/groups"
+    st, ctype, body = await fetch(ci, admin, "127.0.0.1", "POST", data=b"{not json", headers=AUTH)
+    assert st == 400 and ctype.startswith("application/problem+json")
+    st, _, body = await fetch(
+        ci, "/cloud-init/admin/cluster-defaults", "127.0.0.1", "POST", json=[1], headers=AUTH
+    )
+    assert st == 422 and b"expected a JSON object" in body
+    big = {"pub_key_rsa": "x" * 20_000}
+    st, _, body = await fetch(ci, "/cloud-init/phone-home/nid0001", N1.ip or "", "POST", data=big)
+    assert st == 400 and b"pub_key_rsa" in body
+    # Garbage X-Forwarded-For from the trusted proxy: answered for the proxy itself (unknown).
+    st, _, _ = await fetch(
+        ci, "/cloud-init/meta-data", PROXY, headers={"X-Forwarded-For": "not-an-ip"}
+    )
+    assert st == 404
+    for tok in ("", "garbage", "a.b.c", "\u00e9.\u00e9"):
+        st, _, _ = await fetch(ci, f"/cloud-init-secure/meta-data?token={tok}", N1.ip or "")
+        assert st == 403
+    metrics = (await fetch(ci, "/metrics", "127.0.0.1"))[2].decode()
+    assert 'protocol="cloud-init-secure",reason="malformed"' in metrics
+    assert 'protocol="cloud-init-secure",reason="missing"' in metrics
+    # The service is still answering.
+    assert (await fetch(ci, "/cloud-init/meta-data", N1.ip or ""))[0] == 200
