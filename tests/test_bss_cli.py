@@ -56,6 +56,16 @@ def test_seed_bss_yaml_renders_matching_script(bootd_proc: BootdProcess, tmp_pat
     r = bootd(bootd_proc, tmp_path, "bss", "delete", "--mac", "aa:bb:cc:dd:ee:ff")
     assert r.returncode == 0 and "deleted 1" in r.stdout
     assert bootd_proc.get_json("/boot/v1/bootparameters") == []
+    # A YAML list sends one request per entry; MACs stay strings (no base-60 surprises).
+    many = tmp_path / "many.yaml"
+    many.write_text("- {macs: [52:54:00:00:00:01], kernel: a}\n- {nids: [3], kernel: b}\n")
+    r = bootd(bootd_proc, tmp_path, "bss", "add", "--payload", str(many))
+    assert r.returncode == 0, r.stderr
+    got = bootd_proc.get_json("/boot/v1/bootparameters")
+    assert {e["kernel"]: (e.get("macs"), e.get("nids")) for e in got} == {
+        "a": (["52:54:00:00:00:01"], None),
+        "b": (None, [3]),
+    }
 
 
 def test_operator_template(tmp_path: Path) -> None:
