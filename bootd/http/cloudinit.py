@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,6 +112,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
     cache: dict[tuple[str, str], tuple[int, Config, Node, str, bytes]] = {}
     bytes_plain = ctx.metrics.http_bytes.labels("/cloud-init")
     bytes_secure = ctx.metrics.http_bytes.labels("/cloud-init-secure")
+    service_time = ctx.metrics.cloudinit_seconds
 
     def seed(ip: str, node: Node) -> NodeSeed:
         info = store.info_for(node.mac, node.xname, node.hostname)
@@ -164,9 +166,12 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         return web.Response(body=body, content_type=ctype, charset="utf-8")
 
     async def nocloud(request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
         doc = request.match_info["doc"]
         ip, node = require_node(request)
-        return answer(doc, node.mac, render(doc, ip, node, False), False)
+        resp = answer(doc, node.mac, render(doc, ip, node, False), False)
+        service_time.observe(time.perf_counter() - t0)
+        return resp
 
     async def secure(request: web.Request) -> web.Response:
         doc = request.match_info["doc"]
