@@ -89,6 +89,9 @@ async def test_documents_follow_the_source_ip(ci: Daemon) -> None:
     assert ci.ctx is not None
     tl = ci.ctx.timeline.get(N1.mac)
     assert tl is not None and tl.stages["cloud-init"].detail == "vendor-data"
+    assert tl.stages["cloud-init"].retries == 0 and tl.stages["cloud-init"].end is not None
+    await fetch(ci, "/cloud-init/meta-data", N1.ip or "")  # cloud-init ran again: a retry
+    assert tl.stages["cloud-init"].retries == 1
 
 
 async def test_group_file_passes_through_only_to_members(ci: Daemon) -> None:

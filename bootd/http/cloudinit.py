@@ -160,7 +160,10 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
     def answer(doc: str, mac: str, body: bytes, secure: bool) -> web.Response:
         detail = f"secure {doc}" if secure else doc
-        ctx.timeline.record(mac, "cloud-init", "event", ctx.clock(), len(body), detail)
+        # meta-data is what cloud-init reads first: it opens the stage, so a second one in
+        # the same boot counts as a retry; every later file extends the stage.
+        event = "start" if doc == "meta-data" else "end"
+        ctx.timeline.record(mac, "cloud-init", event, ctx.clock(), len(body), detail)
         (bytes_secure if secure else bytes_plain).inc(len(body))
         ctype = "application/yaml" if doc in ("meta-data", "network-config") else "text/plain"
         return web.Response(body=body, content_type=ctype, charset="utf-8")
@@ -214,7 +217,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             raise ProblemError(404, "Unknown group", f"no group {name!r}")
         if found is not None:
             ctx.timeline.record(
-                found[1].mac, "cloud-init", "event", ctx.clock(), len(g.content), f"{name}.yaml"
+                found[1].mac, "cloud-init", "end", ctx.clock(), len(g.content), f"{name}.yaml"
             )
         # Passed through as written: a `## template: jinja` file is rendered by cloud-init.
         return web.Response(body=g.content, content_type="text/plain", charset="utf-8")
