@@ -102,6 +102,10 @@ async def test_group_file_passes_through_only_to_members(ci: Daemon) -> None:
     assert (await fetch(ci, "/cloud-init/gpu.yaml", N2.ip or ""))[0] == 404  # not a member
     assert (await fetch(ci, "/cloud-init/gpu.yaml", STRANGER))[0] == 404
     assert (await fetch(ci, "/cloud-init/gpu.yaml", STRANGER, headers=AUTH))[0] == 200
+    # A member's group that is not stored (any more): an empty cloud-config, as OpenCHAMI does.
+    st, _, body = await fetch(ci, "/cloud-init/compute.yaml", N1.ip or "")
+    assert st == 200 and body == b"#cloud-config\n"
+    assert (await fetch(ci, "/cloud-init/compute.yaml", STRANGER, headers=AUTH))[0] == 404
 
 
 async def test_spoofed_forwarded_for_is_ignored_unless_from_trusted_proxy(ci: Daemon) -> None:

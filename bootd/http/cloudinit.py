@@ -213,14 +213,16 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         member = found is not None and name in found[1].groups
         if not member and not _bearer_ok(request, ctx):
             raise ProblemError(404, "Unknown group", f"no group {name!r} for this node")
-        if g is None:
+        if g is None and not member:
             raise ProblemError(404, "Unknown group", f"no group {name!r}")
+        # A member's group with nothing stored (deleted after its vendor-data was read) is an
+        # empty cloud-config, as OpenCHAMI answers, so the node's #include does not fail.
+        body = g.content if g is not None else b"#cloud-config\n"
         if found is not None:
-            ctx.timeline.record(
-                found[1].mac, "cloud-init", "end", ctx.clock(), len(g.content), f"{name}.yaml"
-            )
+            mac = found[1].mac
+            ctx.timeline.record(mac, "cloud-init", "end", ctx.clock(), len(body), f"{name}.yaml")
         # Passed through as written: a `## template: jinja` file is rendered by cloud-init.
-        return web.Response(body=g.content, content_type="text/plain", charset="utf-8")
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def phone_home(request: web.Request) -> web.Response:
         ip, node = require_node(request)
