@@ -301,3 +301,20 @@ async def test_bad_input_is_refused_and_counted(ci: Daemon) -> None:
     assert 'protocol="cloud-init-secure",reason="missing"' in metrics
     # The service is still answering.
     assert (await fetch(ci, "/cloud-init/meta-data", N1.ip or ""))[0] == 200
+
+
+async def test_impersonation_shows_a_nodes_documents_with_the_token(ci: Daemon) -> None:
+    path = f"/cloud-init/admin/impersonation/{N2.xname}/meta-data"
+    assert (await fetch(ci, path, "127.0.0.1"))[0] == 401
+    st, _, body = await fetch(ci, path, "127.0.0.1", headers=AUTH)
+    assert st == 200 and yaml.safe_load(body)["local-hostname"] == "nid0002"
+    assert yaml.safe_load(body)["instance_data"]["v1"]["local_ipv4"] == N2.ip
+    for id_ in (N2.mac, "nid0002", "2"):
+        st, _, vd = await fetch(
+            ci, f"/cloud-init/admin/impersonation/{id_}/vendor-data", "127.0.0.1", headers=AUTH
+        )
+        assert st == 200 and vd.startswith(b"#include"), id_
+    st, _, _ = await fetch(
+        ci, "/cloud-init/admin/impersonation/nobody/meta-data", "127.0.0.1", headers=AUTH
+    )
+    assert st == 404

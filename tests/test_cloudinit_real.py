@@ -263,6 +263,13 @@ def test_cloud_init_cli(bootd_proc: BootdProcess, tmp_path: Path) -> None:
     (tmp_path / "info.yaml").write_text(yaml.safe_dump(INFO))
     r = run("instance-info", "x1", "--set", str(tmp_path / "info.yaml"))
     assert json.loads(r.output)["local-hostname"] == "compute-1"
+    r = run("show", "x1", "--doc", "user-data")
+    assert r.exit_code != 0 and "404" in r.output  # x1 is not in the inventory
+    assert request(bootd_proc.url, "POST", "/api/v1/nodes", [{**NODE, "xname": "x1"}])[0] == 200
+    r = run("show", "x1", "--doc", "user-data")
+    assert r.exit_code == 0 and r.output == USER_DATA  # from the instance info set above
+    r = run("show", str(NODE["mac"]))
+    assert yaml.safe_load(r.output)["local-hostname"] == "compute-1"
     r = run("groups", "delete", "gpu", auth=False)
     assert r.exit_code != 0 and "401" in r.output
     assert run("groups", "delete", "gpu").exit_code == 0

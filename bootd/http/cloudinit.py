@@ -243,11 +243,35 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         log.info("%s phoned home from %s", node.name, ip, extra={"mac": node.mac})
         return web.json_response({"status": "ok", "instance-id": s.instance_id})
 
+    async def impersonate(request: web.Request) -> web.Response:
+        """What a node would be sent (OpenCHAMI's impersonation API); needs the API token."""
+        check_bearer(request, read_token(ctx.config.api.token_file))
+        node = _node_by_id(ctx, request.match_info["id"])
+        if node is None:
+            raise ProblemError(404, "Unknown node", f"no node {request.match_info['id']!r}")
+        ip = ctx.leases.ip_for_mac(node.mac) or node.ip or ""
+        doc = request.match_info["doc"]
+        body = render(doc, ip, node, False)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
     _admin_routes(app, ctx, store)
+    app.router.add_get(f"/cloud-init/admin/impersonation/{{id}}/{DOCS}", impersonate)
     app.router.add_get(f"/cloud-init/{DOCS}", nocloud)
     app.router.add_get(f"/cloud-init-secure/{DOCS}", secure)
     app.router.add_get("/cloud-init/{group:[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}}.yaml", group_file)
     app.router.add_post("/cloud-init/phone-home/{id}", phone_home)
+
+
+def _node_by_id(ctx: Context, id_: str) -> Node | None:
+    """A node by MAC, xname, hostname or nid."""
+    try:
+        return ctx.nodes.by_mac(normalize_mac(id_))
+    except ValueError:
+        pass
+    node = ctx.nodes.by_name(id_)
+    if node is None and id_.isdigit():
+        node = ctx.nodes.by_nid(int(id_))
+    return node
 
 
 def _presented_token(request: web.Request) -> str | None:
