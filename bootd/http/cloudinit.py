@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -15,16 +13,14 @@ from bootd.boot.citoken import Verdict
 from bootd.boot.cloudinit import (
     NodeSeed,
     dump_yaml,
-    parse_defaults,
-    parse_group,
-    parse_instance_info,
 )
 from bootd.boot.node import Node, normalize_mac
 from bootd.config import Config
 from bootd.context import Context
+from bootd.http.cloudinit_admin import add_admin_routes, bearer_ok, json_body
 from bootd.http.problem import ProblemError, check_bearer, problem, read_token
 from bootd.logs import RateLimitedLog
-from bootd.store.cloudinit import CloudInitStore, store_of
+from bootd.store.cloudinit import store_of
 
 log = logging.getLogger("bootd.cloudinit")
 
@@ -211,7 +207,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         g = store.groups.get(name)
         found = resolver.node(request)
         member = found is not None and name in found[1].groups
-        if not member and not _bearer_ok(request, ctx):
+        if not member and not bearer_ok(request, ctx):
             raise ProblemError(404, "Unknown group", f"no group {name!r} for this node")
         if g is None and not member:
             raise ProblemError(404, "Unknown group", f"no group {name!r}")
@@ -254,7 +250,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         body = render(doc, ip, node, False)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
-    _admin_routes(app, ctx, store)
+    add_admin_routes(app, ctx, store)
     app.router.add_get(f"/cloud-init/admin/impersonation/{{id}}/{DOCS}", impersonate)
     app.router.add_get(f"/cloud-init/{DOCS}", nocloud)
     app.router.add_get(f"/cloud-init-secure/{DOCS}", secure)
@@ -281,19 +277,11 @@ def _presented_token(request: web.Request) -> str | None:
     return request.query.get("token") or None
 
 
-def _bearer_ok(request: web.Request, ctx: Context) -> bool:
-    try:
-        check_bearer(request, read_token(ctx.config.api.token_file))
-    except ProblemError:
-        return False
-    return True
-
-
 async def _phone_home_fields(request: web.Request) -> dict[str, str]:
     """cloud-init posts a form; JSON is accepted too. Only known string fields are kept."""
     raw: Any
     if request.content_type == "application/json":
-        raw = await _json_body(request)
+        raw = await json_body(request)
         if not isinstance(raw, dict):
             raise ProblemError(400, "Bad phone-home", "expected a JSON object")
     else:
@@ -306,124 +294,3 @@ async def _phone_home_fields(request: web.Request) -> dict[str, str]:
                 raise ProblemError(400, "Bad phone-home", f"{key}: longer than {MAX_FIELD_LEN}")
             out[key] = value
     return out
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, "Bad JSON", str(exc)) from None
-
-
-def _valid(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except ValueError as exc:
-        raise ProblemError(422, "Invalid data", str(exc)) from None
-
-
-def _admin_routes(app: web.Application, ctx: Context, store: CloudInitStore) -> None:
-    """OpenCHAMI cloud-init admin API; writes need the API token, reads hide secrets."""
-    base = "/cloud-init/admin"
-
-    def write_guard(request: web.Request) -> None:
-        check_bearer(request, read_token(ctx.config.api.token_file))
-
-    async def list_groups(request: web.Request) -> web.Response:
-        reveal = _bearer_ok(request, ctx)
-        return web.json_response({n: g.to_json(reveal) for n, g in sorted(store.groups.items())})
-
-    async def add_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        body = await _json_body(request)
-        g = _valid(lambda: parse_group(body))
-        if not await store.put_group(g, create_only=True):
-            raise ProblemError(409, "Group exists", f"group {g.name!r} exists; PUT to replace it")
-        return web.Response(status=201, headers={"Location": f"{base}/groups/{g.name}"})
-
-    async def get_group(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        g = store.groups.get(name)
-        if g is None:
-            raise ProblemError(404, "Unknown group", f"no group {name!r}")
-        return web.json_response(g.to_json(_bearer_ok(request, ctx)))
-
-    async def put_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        name = request.match_info["name"]
-        body = await _json_body(request)
-        g = _valid(lambda: parse_group(body, name))
-        await store.put_group(g)
-        return web.Response(status=201, headers={"Location": f"{base}/groups/{g.name}"})
-
-    async def delete_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        name = request.match_info["name"]
-        if not await store.delete_group(name):
-            raise ProblemError(404, "Unknown group", f"no group {name!r}")
-        return web.json_response({"deleted": name})
-
-    async def get_defaults(_: web.Request) -> web.Response:
-        return web.json_response(dict(store.defaults))
-
-    async def set_defaults(request: web.Request) -> web.Response:
-        write_guard(request)
-        body = await _json_body(request)
-        await store.set_defaults(_valid(lambda: parse_defaults(body)))
-        return web.Response(status=201)
-
-    def info_id(request: web.Request) -> str:
-        raw = request.match_info["id"]
-        try:
-            return normalize_mac(raw)
-        except ValueError:
-            return raw
-
-    async def get_info(request: web.Request) -> web.Response:
-        id_ = info_id(request)
-        info = store.info(id_)
-        if info is None:
-            raise ProblemError(404, "Unknown instance", f"no instance info for {id_!r}")
-        return web.json_response(dict(info))
-
-    async def put_info(request: web.Request) -> web.Response:
-        write_guard(request)
-        id_ = info_id(request)
-        body = await _json_body(request)
-        await store.set_info(id_, _valid(lambda: parse_instance_info(body, id_)))
-        return web.Response(status=201)
-
-    async def delete_info(request: web.Request) -> web.Response:
-        write_guard(request)
-        id_ = info_id(request)
-        if not await store.delete_info(id_):
-            raise ProblemError(404, "Unknown instance", f"no instance info for {id_!r}")
-        return web.json_response({"deleted": id_})
-
-    async def get_phone_home(request: web.Request) -> web.Response:
-        raw = request.match_info["mac"]
-        try:
-            mac = normalize_mac(raw)
-        except ValueError as exc:
-            raise ProblemError(400, "Bad MAC", str(exc)) from None
-        ph = store.phoned_home(mac)
-        if ph is None:
-            raise ProblemError(404, "No phone-home", f"{mac} has not phoned home")
-        return web.json_response({"mac": ph.mac, "time": ph.t, **ph.data})
-
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
-        ("GET", "/groups", list_groups),
-        ("POST", "/groups", add_group),
-        ("GET", "/groups/{name}", get_group),
-        ("PUT", "/groups/{name}", put_group),
-        ("DELETE", "/groups/{name}", delete_group),
-        ("GET", "/cluster-defaults", get_defaults),
-        ("POST", "/cluster-defaults", set_defaults),
-        ("PUT", "/cluster-defaults", set_defaults),
-        ("GET", "/instance-info/{id}", get_info),
-        ("PUT", "/instance-info/{id}", put_info),
-        ("DELETE", "/instance-info/{id}", delete_info),
-        ("GET", "/phone-home/{mac}", get_phone_home),
-    ]
-    for method, path, handler in routes:
-        app.router.add_route(method, base + path, handler)
