@@ -16,16 +16,15 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.cloudinit.peers import free_port, start_aiohttp_floor, start_nginx, stop, wait_http
 from bench.cloudinit.storm import DOCS, build_client, fnv1a64, storm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,12 +35,6 @@ TARGET_P99_MS = 20.0
 def node_ip(i: int) -> str:
     """127.0.20.1 … : every node its own loopback source address."""
     return f"127.0.{20 + i // 250}.{1 + i % 250}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api(port: int, method: str, path: str, body: Any = None, src: str = "127.0.0.1") -> bytes:
@@ -56,22 +49,6 @@ def api(port: int, method: str, path: str, body: Any = None, src: str = "127.0.0
     if r.status >= 300:
         raise RuntimeError(f"{method} {path}: HTTP {r.status} {data[:200]!r}")
     return data
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", path)
-            conn.getresponse().read()
-            conn.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"no answer on port {port}")
 
 
 def write_bootd_config(work: Path, n: int) -> int:
@@ -164,58 +141,6 @@ def snapshot_seeds(port: int, n: int, root: Path) -> dict[str, dict[str, bytes]]
             (d / doc).write_bytes(body)
             seeds[ip][doc] = body
     return seeds
-
-
-def start_nginx(work: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"user root; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err; daemon off;\n"
-        "events { worker_connections 4096; }\n"
-        "http { access_log off; sendfile on; tcp_nopush on; default_type text/plain;\n"
-        f"  server {{ listen 127.0.0.1:{port} backlog=4096;\n"
-        f"    location /cloud-init/ {{ root {root}/$remote_addr; }} }} }}\n"
-    )
-    proc = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    wait_http(port, "/", proc)
-    return proc, port
-
-
-AIOHTTP_FLOOR = """
-import sys
-from pathlib import Path
-from aiohttp import web
-root, port = Path(sys.argv[1]), int(sys.argv[2])
-seeds = {(d.parent.parent.name, d.name): d.read_bytes() for d in root.glob("*/cloud-init/*")}
-async def doc(request):
-    body = seeds.get((request.remote, request.match_info["doc"]))
-    if body is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=body, content_type="text/plain")
-app = web.Application()
-app.router.add_get("/cloud-init/{doc}", doc)
-web.run_app(app, host="127.0.0.1", port=port, access_log=None, backlog=4096, print=None)
-"""
-
-
-def start_aiohttp_floor(work: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A bare aiohttp app answering from a dict by source IP: the framework's own ceiling."""
-    port = free_port()
-    script = work / "aiohttp_floor.py"
-    script.write_text(AIOHTTP_FLOOR)
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(port)])
-    wait_http(port, "/", proc)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def service_buckets(port: int) -> dict[float, float]:
