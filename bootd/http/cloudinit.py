@@ -156,9 +156,10 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
     def answer(doc: str, mac: str, body: bytes, secure: bool) -> web.Response:
         detail = f"secure {doc}" if secure else doc
-        # meta-data is what cloud-init reads first: it opens the stage, so a second one in
-        # the same boot counts as a retry; every later file extends the stage.
-        event = "start" if doc == "meta-data" else "end"
+        # The public meta-data is what cloud-init reads first: it opens the stage, so another
+        # in the same boot is a retry. Every other file (secure ones too, which a node reads
+        # after its seed) extends the stage.
+        event = "start" if doc == "meta-data" and not secure else "end"
         ctx.timeline.record(mac, "cloud-init", event, ctx.clock(), len(body), detail)
         (bytes_secure if secure else bytes_plain).inc(len(body))
         ctype = "application/yaml" if doc in ("meta-data", "network-config") else "text/plain"
