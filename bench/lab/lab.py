@@ -7,14 +7,40 @@ removes all of it. `up()` first removes leftovers of an earlier crashed run.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.lab.netns import can_netns, sh
+from bench.lab.netns import can_netns
 
-__all__ = ["BridgeLab", "can_netns"]
+
+class LabError(Exception):
+    """A command that builds the lab failed; the message carries its stderr."""
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing output; with check, failure raises LabError with stderr."""
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc
+
+
+__all__ = ["BridgeLab", "LabError", "can_netns", "checkout_prefix"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def checkout_prefix(base: str) -> str:
+    """`base` plus 3 hex digits of this checkout's path.
+
+    Every worktree and CI clone running the suite at once gets its own names, and a
+    crashed run's leftovers have the same names as the next run in that checkout.
+    """
+    return base + hashlib.sha1(str(REPO).encode()).hexdigest()[:3]
 
 
 @dataclass
@@ -66,7 +92,15 @@ class BridgeLab:
         return any(line.split()[0] == self.netns for line in out.splitlines() if line.strip())
 
     def up(self) -> BridgeLab:
-        """Create the namespace, bridge and taps, after removing leftovers."""
+        """Create the namespace, bridge and taps, after removing leftovers (one retry)."""
+        try:
+            return self._create()
+        except LabError:
+            # A namespace deleted a moment ago is torn down asynchronously by the kernel.
+            time.sleep(1.0)
+            return self._create()
+
+    def _create(self) -> BridgeLab:
         self.down()
         ns = self.netns
         sh("ip", "netns", "add", ns)
