@@ -35,13 +35,10 @@ class LabNode:
     flavour: str = "busybox"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mac": self.mac,
-            "ip": self.ip,
-            "hostname": self.hostname,
-            "nid": self.nid,
-            "groups": ["compute", "lab"],
-        }
+        d: dict[str, Any] = {"mac": self.mac, "hostname": self.hostname, "nid": self.nid}
+        if self.ip:  # no ip: an address from the dynamic pool
+            d["ip"] = self.ip
+        return {**d, "groups": ["compute", "lab"]}
 
 
 def lab_config(lab: BridgeLab, artifacts: Artifacts, state: Path) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class BridgeLab:
     address: str = "10.99.0.1"
     prefixlen: int = 24
     taps: int = 2
+    # Also a namespace `<prefix>-cli` whose `<prefix>c0` is wired to the bridge by a veth:
+    # where virtual (non-QEMU) clients run.
+    clients: bool = False
 
     def __post_init__(self) -> None:
         if not self.prefix.isalnum() or len(self.prefix) > 10:
@@ -63,6 +66,14 @@ class BridgeLab:
     @property
     def netns(self) -> str:
         return f"{self.prefix}-lab"
+
+    @property
+    def client_netns(self) -> str:
+        return f"{self.prefix}-cli"
+
+    @property
+    def client_if(self) -> str:
+        return f"{self.prefix}c0"
 
     @property
     def bridge(self) -> str:
@@ -86,10 +97,11 @@ class BridgeLab:
         """Address number n in the lab subnet (n in 2..254)."""
         return ".".join([*self.address.split(".")[:3], str(n)])
 
-    def exists(self) -> bool:
+    def exists(self, netns: str | None = None) -> bool:
         """The namespace is there (maybe from a crashed run)."""
         out = sh("ip", "netns", "list", check=False).stdout
-        return any(line.split()[0] == self.netns for line in out.splitlines() if line.strip())
+        want = netns or self.netns
+        return any(line.split()[0] == want for line in out.splitlines() if line.strip())
 
     def up(self) -> BridgeLab:
         """Create the namespace, bridge and taps, after removing leftovers (one retry)."""
@@ -115,24 +127,38 @@ class BridgeLab:
             sh("ip", "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
             sh("ip", "-n", ns, "link", "set", tap, "master", self.bridge)
             sh("ip", "-n", ns, "link", "set", tap, "up")
+        if self.clients:
+            cli, port = self.client_netns, f"{self.prefix}v0"
+            sh("ip", "netns", "add", cli)
+            sh("ip", "-n", cli, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "add", port, "type", "veth", "peer", "name",
+               self.client_if, "netns", cli)  # fmt: skip
+            sh("ip", "-n", ns, "link", "set", port, "master", self.bridge)
+            sh("ip", "-n", ns, "link", "set", port, "up")
+            sh("ip", "-n", cli, "link", "set", self.client_if, "up")
         return self
 
     def down(self) -> None:
-        """Kill whatever runs in the namespace and delete it (bridge and taps go with it)."""
-        if not self.exists():
-            return
-        for _ in range(50):
-            pids = sh("ip", "netns", "pids", self.netns, check=False).stdout.split()
-            if not pids:
-                break
-            for pid in pids:
-                sh("kill", "-9", pid, check=False)
-            time.sleep(0.1)
-        sh("ip", "netns", "del", self.netns, check=False)
+        """Kill whatever runs in the namespaces and delete them (bridge, taps, veth too)."""
+        for ns in (self.client_netns, self.netns):
+            if not self.exists(ns):
+                continue
+            for _ in range(50):
+                pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+                if not pids:
+                    break
+                for pid in pids:
+                    sh("kill", "-9", pid, check=False)
+                time.sleep(0.1)
+            sh("ip", "netns", "del", ns, check=False)
 
     def argv(self, *cmd: str) -> list[str]:
         """argv that runs cmd inside the lab namespace."""
         return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def client_argv(self, *cmd: str) -> list[str]:
+        """argv that runs cmd inside the client namespace."""
+        return ["ip", "netns", "exec", self.client_netns, *cmd]
 
     @property
     def prefix_argv(self) -> Sequence[str]:
