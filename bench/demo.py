@@ -25,7 +25,7 @@ from typing import Any
 from bench.lab.artifacts import ArtifactError, build_all
 from bench.lab.bootd_lab import REPO, LabBootd, LabNode
 from bench.lab.lab import BridgeLab, can_netns
-from bench.lab.qemu import Accel, Machine, MachineSpec, probe_accel
+from bench.lab.qemu import Accel, Firmware, Machine, MachineSpec, probe_accel
 from bench.storm.runner import macs_for
 from bootd.timeline.model import STAGES
 
@@ -41,7 +41,11 @@ SHORT = {
     "cloud-init": "CI",
     "booted": "BOOTED",
 }
-FIRMWARE = {"bios": "SeaBIOS + iPXE ROM", "uefi": "OVMF native PXE"}
+FIRMWARE = {
+    "bios": "SeaBIOS + iPXE ROM",
+    "uefi": "OVMF native PXE",
+    "dracut": "SeaBIOS + iPXE ROM, dracut live",
+}
 
 
 @dataclass
@@ -78,7 +82,12 @@ class VirtualBatch:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__)
-    p.add_argument("--firmware", default="bios,uefi", help="machines to boot: bios,uefi")
+    p.add_argument(
+        "--firmware",
+        default="bios,uefi",
+        help="machines: bios,uefi,dracut (dracut: SeaBIOS "
+        "with Debian's dracut live initramfs; slow under TCG)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for every node to boot")
     p.add_argument("--prefix", default="bdemo", help="namespace/interface name prefix")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     fws = [f.strip() for f in args.firmware.split(",") if f.strip()]
     if not fws or any(f not in FIRMWARE for f in fws):
-        print("demo: --firmware takes bios and/or uefi", file=sys.stderr)
+        print("demo: --firmware takes bios, uefi and/or dracut", file=sys.stderr)
         return 2
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     print("building boot artifacts (cached in .artifacts/) …", flush=True)
     try:
-        artifacts = build_all(log=True)
+        artifacts = build_all(log=True, dracut="dracut" in fws)
     except ArtifactError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
@@ -233,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"bootd: {bootd.url} (inside {lab.netns}), state and logs in {work}")
         nodes = [
-            LabNode(f"52:54:00:de:00:{i + 1:02x}", lab.host(11 + i), f"demo-{fw}", i + 1)
+            LabNode(
+                f"52:54:00:de:00:{i + 1:02x}",
+                lab.host(11 + i),
+                f"demo-{fw}",
+                i + 1,
+                "dracut" if fw == "dracut" else "busybox",
+            )
             for i, fw in enumerate(fws)
         ]
         extra = [
@@ -242,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         bootd.load_nodes(nodes + extra)
         print(bootd.cli("nodes", "list") if len(extra) <= 16 else f"{len(nodes + extra)} nodes")
         for i, (node, fw) in enumerate(zip(nodes, fws, strict=True)):
-            spec = MachineSpec(
-                node.hostname, "bios" if fw == "bios" else "uefi", node.mac, lab.tap(i)
-            )
+            firmware: Firmware = "uefi" if fw == "uefi" else "bios"
+            memory = 768 if fw == "dracut" else 512
+            spec = MachineSpec(node.hostname, firmware, node.mac, lab.tap(i), memory)
             machines.append((node, fw, Machine(spec, accel, work, lab.prefix_argv).start()))
             print(f"power on {node.hostname}: {FIRMWARE[fw]} ({accel})")
         if virtual.macs:

@@ -32,7 +32,10 @@ from bench.lab.qemu import (
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu, pytest.mark.slow]
 
-BOOT_TIMEOUT = 300.0  # three machines at once, TCG, on a shared 2-core machine
+BOOT_TIMEOUT = 300.0  # machines boot at once, TCG, on a shared 2-core machine
+# Debian's dracut boots in 2–4 minutes under TCG here (udev, bash, dhclient): past the
+# make-test budget, so it runs when asked for.
+DRACUT = os.environ.get("BOOTD_E2E_DRACUT") == "1"
 NODES = {
     "bios": LabNode("52:54:00:b1:00:01", "10.99.0.11", "e2e-bios", 1),
     "uefi": LabNode("52:54:00:b1:00:02", "10.99.0.12", "e2e-uefi", 2),
@@ -84,7 +87,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if not OVMF_CODE.exists():
         pytest.skip(f"{OVMF_CODE} missing (apt-get install ovmf)")
     try:
-        artifacts = build_all()
+        artifacts = build_all(dracut=DRACUT)
     except ArtifactError as exc:
         pytest.skip(f"boot artifacts: {exc}")
     work = tmp_path_factory.mktemp("e2e")
@@ -111,7 +114,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "bootd's TFTP service has not landed (no 'tftp listening on' in bootd's log): "
                 "OVMF's native PXE needs TFTP for ipxe.efi"
             )
-        if artifacts.dracut_initrd is None:
+        if not DRACUT:
+            skipped["dracut"] = "slow under TCG (2–4 min): set BOOTD_E2E_DRACUT=1 to boot it"
+        elif artifacts.dracut_initrd is None:
             skipped["dracut"] = (
                 "Debian's dracut-core, dracut-live and dracut-network are not installed"
             )

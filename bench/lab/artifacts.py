@@ -207,8 +207,8 @@ def _cached(stamp: Path, key: str, outputs: list[Path]) -> bool:
         return False
 
 
-def build_all(work: Path = DEFAULT_DIR, log: bool = False) -> Artifacts:
-    """Build (or reuse) every artifact under `work`; returns their paths."""
+def build_all(work: Path = DEFAULT_DIR, log: bool = False, dracut: bool = False) -> Artifacts:
+    """Build (or reuse) the artifacts under `work` (the dracut initrd only if asked)."""
     work.mkdir(parents=True, exist_ok=True)
     images = work / "images"
     images.mkdir(exist_ok=True)
@@ -245,15 +245,15 @@ def build_all(work: Path = DEFAULT_DIR, log: bool = False) -> Artifacts:
             print(f"rootfs: {(images / 'rootfs').stat().st_size} bytes")
 
     dracut_initrd: Path | None = None
-    dracut = dracut_version()
-    if dracut is not None:
+    dracut_pkgs = dracut_version() if dracut else None
+    if dracut_pkgs is not None:
         dracut_initrd = images / "initrd-dracut.img"
-        dracut_key = _digest(version, dracut, builder)
+        dracut_key = _digest(version, dracut_pkgs, builder)
         if not _cached(stamps / "dracut.json", dracut_key, [dracut_initrd]):
             build_dracut_initrd(tree, version, dracut_initrd)
             (stamps / "dracut.json").write_text(json.dumps({"key": dracut_key}))
             if log:
-                print(f"initrd-dracut: {dracut_initrd.stat().st_size} bytes (dracut {dracut})")
+                print(f"initrd-dracut: {dracut_initrd.stat().st_size} bytes ({dracut_pkgs})")
 
     build_tftp_root(work / "tftp")
     return Artifacts(
@@ -266,7 +266,7 @@ def build_all(work: Path = DEFAULT_DIR, log: bool = False) -> Artifacts:
 
 def main() -> None:
     """Build the artifacts and print where they are."""
-    a = build_all(log=True)
+    a = build_all(log=True, dracut=True)
     print(f"kernel {a.kernel_version}\nimages {a.images}\ntftp   {a.tftp_root}")
 
 
