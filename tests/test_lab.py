@@ -10,8 +10,7 @@ import pytest
 from bench.lab.artifacts import MODULES, ArtifactError, build_all, fetch_kernel
 from bench.lab.cpio import CpioWriter
 from bench.lab.kmod import ModuleError, load_order, modinfo
-from bench.lab.lab import BridgeLab
-from bench.lab.netns import sh
+from bench.lab.lab import BridgeLab, checkout_prefix, sh
 from bench.lab.qemu import MachineSpec, qemu_argv
 
 
@@ -114,7 +113,7 @@ def test_qemu_argv_bios_uses_the_ipxe_rom_and_uefi_does_not(tmp_path: Path) -> N
 @pytest.mark.root
 def test_bridge_lab_is_idempotent_and_removes_leftovers() -> None:
     """up() twice, a leftover process is killed, nothing of the lab ever shows on the host."""
-    lab = BridgeLab("blabu", taps=2)
+    lab = BridgeLab(checkout_prefix("blabu"), taps=2)
     try:
         lab.up()
         leftover = subprocess.Popen(lab.argv("sleep", "300"))

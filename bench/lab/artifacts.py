@@ -28,6 +28,7 @@ IPXE_FILES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 # virtio_pci + virtio_net for the NIC (net_failover, failover come as dependencies),
 # loop + squashfs for the root image, overlay for the writable RAM layer on top.
 MODULES = ["virtio_pci", "virtio_net", "loop", "squashfs", "overlay"]
+DRACUT_PKGS = ("dracut-core", "dracut-live", "dracut-network")
 
 
 class ArtifactError(Exception):
@@ -41,6 +42,8 @@ class Artifacts:
     images: Path
     tftp_root: Path
     kernel_version: str
+    # Debian's dracut with dmsquash-live + livenet; None when dracut is not installed.
+    dracut_initrd: Path | None = None
 
     @property
     def kernel(self) -> Path:
@@ -156,6 +159,34 @@ def build_rootfs(dest: Path) -> None:
         tmp_img.replace(dest)
 
 
+def dracut_version() -> str | None:
+    """Installed dracut-core version, or None without dracut."""
+    if shutil.which("dracut") is None:
+        return None
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package}=${Version} ", *DRACUT_PKGS],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def build_dracut_initrd(tree: Path, version: str, dest: Path) -> None:
+    """Debian's dracut initramfs with dmsquash-live and livenet: the seed's root=live: path."""
+    moddir = tree / "lib" / "modules" / version
+    # The unpacked package has no modules.dep (its postinst runs depmod); dracut needs it.
+    _run("depmod", "-b", str(tree), version)
+    tmp = dest.with_suffix(".tmp")
+    _run(
+        "dracut", "--quiet", "--no-hostonly", "--no-hostonly-cmdline", "--force",
+        "--no-early-microcode", "--gzip", "--kver", version, "--kmoddir", str(moddir),
+        "-m", "base dmsquash-live livenet network-legacy",
+        "--add-drivers", " ".join(MODULES), str(tmp),
+    )  # fmt: skip
+    tmp.replace(dest)
+
+
 def build_tftp_root(dest: Path) -> None:
     """Debian's iPXE binaries (package `ipxe`), copied so the lab owns its TFTP root."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -176,8 +207,8 @@ def _cached(stamp: Path, key: str, outputs: list[Path]) -> bool:
         return False
 
 
-def build_all(work: Path = DEFAULT_DIR, log: bool = False) -> Artifacts:
-    """Build (or reuse) every artifact under `work`; returns their paths."""
+def build_all(work: Path = DEFAULT_DIR, log: bool = False, dracut: bool = False) -> Artifacts:
+    """Build (or reuse) the artifacts under `work` (the dracut initrd only if asked)."""
     work.mkdir(parents=True, exist_ok=True)
     images = work / "images"
     images.mkdir(exist_ok=True)
@@ -213,13 +244,29 @@ def build_all(work: Path = DEFAULT_DIR, log: bool = False) -> Artifacts:
         if log:
             print(f"rootfs: {(images / 'rootfs').stat().st_size} bytes")
 
+    dracut_initrd: Path | None = None
+    dracut_pkgs = dracut_version() if dracut else None
+    if dracut_pkgs is not None:
+        dracut_initrd = images / "initrd-dracut.img"
+        dracut_key = _digest(version, dracut_pkgs, builder)
+        if not _cached(stamps / "dracut.json", dracut_key, [dracut_initrd]):
+            build_dracut_initrd(tree, version, dracut_initrd)
+            (stamps / "dracut.json").write_text(json.dumps({"key": dracut_key}))
+            if log:
+                print(f"initrd-dracut: {dracut_initrd.stat().st_size} bytes ({dracut_pkgs})")
+
     build_tftp_root(work / "tftp")
-    return Artifacts(images=images, tftp_root=work / "tftp", kernel_version=version)
+    return Artifacts(
+        images=images,
+        tftp_root=work / "tftp",
+        kernel_version=version,
+        dracut_initrd=dracut_initrd,
+    )
 
 
 def main() -> None:
     """Build the artifacts and print where they are."""
-    a = build_all(log=True)
+    a = build_all(log=True, dracut=True)
     print(f"kernel {a.kernel_version}\nimages {a.images}\ntftp   {a.tftp_root}")
 
 

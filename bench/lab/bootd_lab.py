@@ -31,15 +31,14 @@ class LabNode:
     ip: str
     hostname: str
     nid: int
+    # Which initramfs it boots: "busybox" (ours) or "dracut" (Debian's, dmsquash-live).
+    flavour: str = "busybox"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mac": self.mac,
-            "ip": self.ip,
-            "hostname": self.hostname,
-            "nid": self.nid,
-            "groups": ["compute", "lab"],
-        }
+        d: dict[str, Any] = {"mac": self.mac, "hostname": self.hostname, "nid": self.nid}
+        if self.ip:  # no ip: an address from the dynamic pool
+            d["ip"] = self.ip
+        return {**d, "groups": ["compute", "lab"]}
 
 
 def lab_config(lab: BridgeLab, artifacts: Artifacts, state: Path) -> dict[str, Any]:
@@ -65,14 +64,15 @@ def lab_config(lab: BridgeLab, artifacts: Artifacts, state: Path) -> dict[str, A
     }
 
 
-def lab_bootparams(lab: BridgeLab, macs: list[str]) -> dict[str, Any]:
+def lab_bootparams(lab: BridgeLab, macs: list[str], flavour: str = "busybox") -> dict[str, Any]:
     """BSS BootParams for the lab nodes: relative kernel/initrd served from /images/."""
     base = f"http://{lab.address}:{HTTP_PORT}"
+    dracut = flavour == "dracut"
     return {
         "macs": macs,
         "kernel": "vmlinuz",
-        "initrd": "initrd.img",
-        "params": boot_params(base, f"ochami_ci_url_secure={base}/cloud-init-secure/"),
+        "initrd": "initrd-dracut.img" if dracut else "initrd.img",
+        "params": boot_params(base, f"ochami_ci_url_secure={base}/cloud-init-secure/", dracut),
     }
 
 
@@ -175,9 +175,11 @@ class LabBootd:
         inv = self.workdir / "nodes.yaml"
         inv.write_text(yaml.safe_dump([n.to_dict() for n in nodes]))
         self.cli("nodes", "import", str(inv))
-        payload = self.workdir / "bss.yaml"
-        payload.write_text(yaml.safe_dump(lab_bootparams(self.lab, [n.mac for n in nodes])))
-        self.cli("bss", "set", "--payload", str(payload))
+        for flavour in sorted({n.flavour for n in nodes}):
+            macs = [n.mac for n in nodes if n.flavour == flavour]
+            payload = self.workdir / f"bss-{flavour}.yaml"
+            payload.write_text(yaml.safe_dump(lab_bootparams(self.lab, macs, flavour)))
+            self.cli("bss", "set", "--payload", str(payload))
 
     def boots(self) -> list[dict[str, Any]]:
         """GET /api/v1/boots."""

@@ -7,14 +7,40 @@ removes all of it. `up()` first removes leftovers of an earlier crashed run.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.lab.netns import can_netns, sh
+from bench.lab.netns import can_netns
 
-__all__ = ["BridgeLab", "can_netns"]
+
+class LabError(Exception):
+    """A command that builds the lab failed; the message carries its stderr."""
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing output; with check, failure raises LabError with stderr."""
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc
+
+
+__all__ = ["BridgeLab", "LabError", "can_netns", "checkout_prefix"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def checkout_prefix(base: str) -> str:
+    """`base` plus 3 hex digits of this checkout's path.
+
+    Every worktree and CI clone running the suite at once gets its own names, and a
+    crashed run's leftovers have the same names as the next run in that checkout.
+    """
+    return base + hashlib.sha1(str(REPO).encode()).hexdigest()[:3]
 
 
 @dataclass
@@ -29,6 +55,9 @@ class BridgeLab:
     address: str = "10.99.0.1"
     prefixlen: int = 24
     taps: int = 2
+    # Also a namespace `<prefix>-cli` whose `<prefix>c0` is wired to the bridge by a veth:
+    # where virtual (non-QEMU) clients run.
+    clients: bool = False
 
     def __post_init__(self) -> None:
         if not self.prefix.isalnum() or len(self.prefix) > 10:
@@ -37,6 +66,14 @@ class BridgeLab:
     @property
     def netns(self) -> str:
         return f"{self.prefix}-lab"
+
+    @property
+    def client_netns(self) -> str:
+        return f"{self.prefix}-cli"
+
+    @property
+    def client_if(self) -> str:
+        return f"{self.prefix}c0"
 
     @property
     def bridge(self) -> str:
@@ -60,13 +97,22 @@ class BridgeLab:
         """Address number n in the lab subnet (n in 2..254)."""
         return ".".join([*self.address.split(".")[:3], str(n)])
 
-    def exists(self) -> bool:
+    def exists(self, netns: str | None = None) -> bool:
         """The namespace is there (maybe from a crashed run)."""
         out = sh("ip", "netns", "list", check=False).stdout
-        return any(line.split()[0] == self.netns for line in out.splitlines() if line.strip())
+        want = netns or self.netns
+        return any(line.split()[0] == want for line in out.splitlines() if line.strip())
 
     def up(self) -> BridgeLab:
-        """Create the namespace, bridge and taps, after removing leftovers."""
+        """Create the namespace, bridge and taps, after removing leftovers (one retry)."""
+        try:
+            return self._create()
+        except LabError:
+            # A namespace deleted a moment ago is torn down asynchronously by the kernel.
+            time.sleep(1.0)
+            return self._create()
+
+    def _create(self) -> BridgeLab:
         self.down()
         ns = self.netns
         sh("ip", "netns", "add", ns)
@@ -81,24 +127,38 @@ class BridgeLab:
             sh("ip", "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
             sh("ip", "-n", ns, "link", "set", tap, "master", self.bridge)
             sh("ip", "-n", ns, "link", "set", tap, "up")
+        if self.clients:
+            cli, port = self.client_netns, f"{self.prefix}v0"
+            sh("ip", "netns", "add", cli)
+            sh("ip", "-n", cli, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "add", port, "type", "veth", "peer", "name",
+               self.client_if, "netns", cli)  # fmt: skip
+            sh("ip", "-n", ns, "link", "set", port, "master", self.bridge)
+            sh("ip", "-n", ns, "link", "set", port, "up")
+            sh("ip", "-n", cli, "link", "set", self.client_if, "up")
         return self
 
     def down(self) -> None:
-        """Kill whatever runs in the namespace and delete it (bridge and taps go with it)."""
-        if not self.exists():
-            return
-        for _ in range(50):
-            pids = sh("ip", "netns", "pids", self.netns, check=False).stdout.split()
-            if not pids:
-                break
-            for pid in pids:
-                sh("kill", "-9", pid, check=False)
-            time.sleep(0.1)
-        sh("ip", "netns", "del", self.netns, check=False)
+        """Kill whatever runs in the namespaces and delete them (bridge, taps, veth too)."""
+        for ns in (self.client_netns, self.netns):
+            if not self.exists(ns):
+                continue
+            for _ in range(50):
+                pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+                if not pids:
+                    break
+                for pid in pids:
+                    sh("kill", "-9", pid, check=False)
+                time.sleep(0.1)
+            sh("ip", "netns", "del", ns, check=False)
 
     def argv(self, *cmd: str) -> list[str]:
         """argv that runs cmd inside the lab namespace."""
         return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def client_argv(self, *cmd: str) -> list[str]:
+        """argv that runs cmd inside the client namespace."""
+        return ["ip", "netns", "exec", self.client_netns, *cmd]
 
     @property
     def prefix_argv(self) -> Sequence[str]:

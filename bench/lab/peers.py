@@ -18,10 +18,15 @@ from bench.lab.lab import BridgeLab
 HTTP_PORT = 8080
 
 
-def boot_params(base: str, extra: str = "") -> str:
-    """Kernel command line of a lab node: serial console, live root, cloud-init URL."""
+def boot_params(base: str, extra: str = "", dracut: bool = False) -> str:
+    """Kernel command line of a lab node: serial console, live root, cloud-init URL.
+
+    With `dracut`, the options Debian's dracut needs for dmsquash-live + livenet:
+    network in the initramfs, the squashfs under an overlayfs, no shell on failure.
+    """
+    live = "rd.neednet=1 rd.live.overlay.overlayfs=1 rd.shell=0 " if dracut else ""
     return (
-        f"console=ttyS0,115200 panic=-1 ip=dhcp root=live:{base}/images/rootfs "
+        f"console=ttyS0,115200 panic=-1 ip=dhcp {live}root=live:{base}/images/rootfs "
         f"ochami_ci_url={base}/cloud-init/ {extra}"
     ).strip()
 
