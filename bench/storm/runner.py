@@ -54,14 +54,68 @@ def macs_for(nodes: int) -> list[str]:
     ]
 
 
-def add_loss(lab: VethLab, pct: float) -> None:
-    """tc netem loss on both ends of the veth (a queue long enough for TCP bursts)."""
-    for ns, dev in ((lab.srv, lab.srv_if), (lab.cli, lab.cli_if)):
+def add_loss(lab: VethLab, pct: float) -> str:
+    """Random loss on both ends of the veth: tc netem, or nftables where netem is not built.
+
+    Returns how the loss was applied (for the results).
+    """
+    ends = ((lab.srv, lab.srv_if), (lab.cli, lab.cli_if))
+    netem = [
         subprocess.run(
-            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
-             "loss", f"{pct}%", "limit", "100000"],
-            check=True, capture_output=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "netem",
+                "loss",
+                f"{pct}%",
+                "limit",
+                "100000",
+            ],
+            capture_output=True,
+        ).returncode
+        for ns, dev in ends
+    ]
+    if netem == [0, 0]:
+        return f"tc netem loss {pct}% on both veth ends"
+    # This kernel lacks sch_netem: drop at each end's ingress hook instead, before the IP
+    # stack sees the packet, which is what loss on the wire looks like to both sides.
+    for ns, dev in ends:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
+            capture_output=True,
+        )
+        rules = (
+            "add table netdev bstloss\n"
+            f'add chain netdev bstloss in {{ type filter hook ingress device "{dev}" priority 0 ; }}\n'
+            f"add rule netdev bstloss in numgen random mod 100000 lt {round(pct * 1000)} counter drop\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=rules.encode(), check=True, capture_output=True,
         )  # fmt: skip
+    return f"nftables ingress drop {pct}% on both veth ends (no sch_netem in this kernel)"
+
+
+def loss_counts(lab: VethLab) -> int:
+    """Packets the nftables loss rules dropped (0 with netem, which has no such counter here)."""
+    total = 0
+    for ns in (lab.srv, lab.cli):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "list", "table", "netdev", "bstloss"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        for word, nxt in zip(r.stdout.split(), r.stdout.split()[1:], strict=False):
+            if word == "packets":
+                total += int(nxt)
+    return total
 
 
 class Progress:
@@ -107,13 +161,15 @@ def run_storm(lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path) -> 
     lab.up()
     try:
         if opts.loss:
-            add_loss(lab, opts.loss)
-            events.append(f"netem loss {opts.loss}% on both veth ends")
+            events.append(add_loss(lab, opts.loss))
         stack.start(macs_for(opts.nodes))
         try:
-            return _storm(lab, stack, opts, workdir, events)
+            raw = _storm(lab, stack, opts, workdir, events)
         finally:
             stack.stop()
+        if opts.loss:
+            events.append(f"{loss_counts(lab)} packets dropped by the loss rules")
+        return raw
     finally:
         lab.down()
 
