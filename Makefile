@@ -10,6 +10,8 @@ APT_PKGS := iproute2 procps curl ca-certificates sqlite3 cpio xz-utils \
 	isc-dhcp-client busybox-static udhcpc kea-admin kea-dhcp4-server dnsmasq-base \
 	tftp-hpa atftp tftpd-hpa nginx-light wrk \
 	qemu-system-x86 ipxe-qemu ovmf cloud-init systemd gcc
+# QEMU end-to-end boots: iPXE binaries for the TFTP root, squashfs root images.
+APT_PKGS += ipxe squashfs-tools
 
 .PHONY: all venv apt-deps test lint demo bench clean
 

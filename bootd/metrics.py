@@ -60,6 +60,12 @@ class Metrics:
             ["protocol", "reason"],
             registry=r,
         )
+        self.bootscript_seconds = Histogram(
+            "bootd_bootscript_seconds",
+            "Boot-script lookup and rendering time inside bootd (excludes queueing)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
         self.store_commits = Gauge(
             "bootd_store_commits", "SQLite transactions committed by the group writer", registry=r
         )

@@ -1,6 +1,8 @@
 """Run by Debian's /usr/bin/python3: cloud-init's own NoCloud-Net datasource reads a seed URL.
 
-Usage: nocloud_reader.py SEED_URL SOURCE_IP WORKDIR [PHONE_HOME_URL] → JSON on stdout.
+Usage: nocloud_reader.py SEED SOURCE_IP WORKDIR [PHONE_HOME_URL] → JSON on stdout.
+SEED is a seedfrom URL, or `cmdline:<kernel command line>` to have cloud-init
+find `ds=nocloud-net;s=…` there itself.
 With PHONE_HOME_URL, cloud-init's phone_home module then posts the host keys
 found under WORKDIR/ssh/ (standing in for the node's /etc/ssh/).
 Every HTTP connection cloud-init opens is bound to SOURCE_IP, so the server
@@ -40,8 +42,16 @@ def main() -> None:
             "templates_dir": "/etc/cloud/templates",
         }
     )
-    # seedfrom in the datasource config: what `ds=nocloud-net;s=URL` on a kernel command line does.
-    sys_cfg = {"datasource": {"NoCloud": {"seedfrom": seed, "fs_label": None}}}
+    if seed.startswith("cmdline:"):
+        # The node's kernel command line, parsed by cloud-init's own `ds=nocloud-net;s=…` code.
+        from cloudinit import util
+
+        cmdline = seed.removeprefix("cmdline:")
+        util.get_cmdline = lambda: cmdline
+        sys_cfg: dict[str, object] = {"datasource": {"NoCloud": {"fs_label": None}}}
+    else:
+        # seedfrom in the datasource config: what `ds=nocloud-net;s=URL` on a command line does.
+        sys_cfg = {"datasource": {"NoCloud": {"seedfrom": seed, "fs_label": None}}}
     distro = distros.fetch("debian")("debian", {}, paths)
     ds = DataSourceNoCloudNet(sys_cfg, distro, paths)
     ok = ds.get_data()
@@ -71,9 +81,31 @@ def main() -> None:
         "instance_id": ds.get_instance_id(),
         "v1": instance_data.get("v1", {}),
     }
+    if ok and not seed.startswith("cmdline:"):
+        out["network"] = network_config(seed)
     if ok and len(sys.argv) > 4:
         out["phone_home"] = phone_home(ds, paths, distro, sys.argv[4], workdir)
     json.dump(out, sys.stdout, default=str)
+
+
+def network_config(seed: str) -> dict[str, object]:
+    """Fetch <seed>network-config (newer cloud-init does) and run it through cloud-init's parser."""
+    from cloudinit import url_helper, util
+    from cloudinit.net import network_state
+
+    resp = url_helper.read_file_or_url(seed + "network-config", timeout=5, retries=0)
+    cfg = util.load_yaml(resp.contents)
+    state = network_state.parse_net_config_data(cfg)
+    return {
+        "config": cfg,
+        "interfaces": {
+            i["name"]: {
+                "mac": i.get("mac_address"),
+                "subnets": [s.get("type") for s in i["subnets"]],
+            }
+            for i in state.iter_interfaces()
+        },
+    }
 
 
 def phone_home(ds, paths, distro, url: str, workdir: str) -> bool:  # type: ignore[no-untyped-def]

@@ -132,3 +132,14 @@ def test_stage_for_image(rel: str, stage: str | None) -> None:
 def test_stage_by_boot_params_beats_names() -> None:
     d = BootData(kernel="boot/a.bin", initrd="boot/b.bin", params="root=live:/images/boot/c.bin")
     assert [stage_for_image(f"boot/{x}.bin", d) for x in "abc"] == ["kernel", "initrd", "rootfs"]
+
+
+@pytest.mark.parametrize("retry", [0, 3, 4])
+@pytest.mark.parametrize(
+    "data",
+    [None, BootData(params="quiet"), BootData(kernel="k"), BootData(kernel="k", initrd="i")],
+)
+def test_example_template_renders_like_the_builtin(retry: int, data: BootData | None) -> None:
+    t = compile_template((REPO / "config" / "bootscript.ipxe.j2").read_text())
+    r = req(data, retry=retry, jitter=0.3)
+    assert render_script(r, t) == render_script(r)

@@ -182,3 +182,30 @@ async def test_params_survive_restart(cfg_dict: dict[str, Any], tmp_path: Path) 
             assert r.status == 200 and (await r.json())[0]["kernel"] == SEED["kernel"]
     finally:
         await d2.stop()
+
+
+class FakeIssuer:
+    """Stands in for the cloud-init feature's token issuer."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    def issue(self, mac: str, now: float) -> str:
+        self.issued.append(mac)
+        return f"tok-{len(self.issued)}"
+
+
+async def test_bootscript_carries_ci_token(client: TestClient[Any, Any], daemon: Daemon) -> None:
+    assert daemon.ctx is not None
+    issuer = FakeIssuer()
+    daemon.ctx.ci_tokens = issuer
+    unknown = await (
+        await client.get("/boot/v1/bootscript", params={"mac": "02:00:00:00:00:02"})
+    ).text()
+    assert "bootd_ci_token" not in unknown and issuer.issued == []
+    await client.post(URL, json=SEED, headers=AUTH)
+    text = await (
+        await client.get("/boot/v1/bootscript", params={"mac": "aa:bb:cc:dd:ee:ff"})
+    ).text()
+    assert " bootd_ci_token=tok-1 || goto boot_retry" in text
+    assert issuer.issued == ["aa:bb:cc:dd:ee:ff"]

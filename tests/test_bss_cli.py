@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -36,7 +37,11 @@ def test_seed_bss_yaml_renders_matching_script(bootd_proc: BootdProcess, tmp_pat
     assert f"initrd --name initrd {SEED['initrd']} || goto boot_retry" in lines
     # The same over plain HTTP, as iPXE fetches it.
     with urllib.request.urlopen(bootd_proc.url + "/boot/v1/bootscript?mac=AA-BB-CC-DD-EE-FF") as f:
-        assert f.read().decode().rstrip("\n") == r.stdout.rstrip("\n")
+        served = f.read().decode().rstrip("\n")
+    # Each render mints a fresh per-boot cloud-init token; everything else is identical.
+    assert "bootd_ci_token=" in served
+    tok = re.compile(r"bootd_ci_token=\S+")
+    assert tok.sub("T", served) == tok.sub("T", r.stdout.rstrip("\n"))
     # add again is refused; set (PUT) replaces; update (PATCH) changes one field; get shows it.
     r = bootd(bootd_proc, tmp_path, "bss", "add", "--payload", str(REPO / "config" / "bss.yaml"))
     assert r.returncode != 0 and "409" in r.stderr
@@ -51,6 +56,16 @@ def test_seed_bss_yaml_renders_matching_script(bootd_proc: BootdProcess, tmp_pat
     r = bootd(bootd_proc, tmp_path, "bss", "delete", "--mac", "aa:bb:cc:dd:ee:ff")
     assert r.returncode == 0 and "deleted 1" in r.stdout
     assert bootd_proc.get_json("/boot/v1/bootparameters") == []
+    # A YAML list sends one request per entry; MACs stay strings (no base-60 surprises).
+    many = tmp_path / "many.yaml"
+    many.write_text("- {macs: [52:54:00:00:00:01], kernel: a}\n- {nids: [3], kernel: b}\n")
+    r = bootd(bootd_proc, tmp_path, "bss", "add", "--payload", str(many))
+    assert r.returncode == 0, r.stderr
+    got = bootd_proc.get_json("/boot/v1/bootparameters")
+    assert {e["kernel"]: (e.get("macs"), e.get("nids")) for e in got} == {
+        "a": (["52:54:00:00:00:01"], None),
+        "b": (None, [3]),
+    }
 
 
 def test_operator_template(tmp_path: Path) -> None:

@@ -258,3 +258,13 @@ async def test_admin_writes_need_token_and_reads_hide_secrets(ci: Daemon) -> Non
         ("POST", "/cloud-init/admin/cluster-defaults"),
     ]:
         assert (await fetch(ci, path, "127.0.0.1", method, json={}))[0] == 401, path
+
+
+async def test_trusted_proxies_follow_a_reload(ci: Daemon, cfg_dict: dict[str, Any]) -> None:
+    hdr = {"X-Forwarded-For": N1.ip or ""}
+    assert (await fetch(ci, "/cloud-init/meta-data", PROXY, headers=hdr))[0] == 200
+    cfg_dict["cloud-init"]["trusted_proxies"] = []
+    assert ci.config_path is not None
+    ci.config_path.write_text(yaml.safe_dump(cfg_dict))
+    assert await ci.reload()
+    assert (await fetch(ci, "/cloud-init/meta-data", PROXY, headers=hdr))[0] == 404

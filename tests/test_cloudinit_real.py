@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 
+from bootd.boot.citoken import TokenIssuer
+from bootd.cli import cli
+from bootd.store.cloudinit import TOKEN_KEY_FILE
 from tests.helpers import REPO, BootdProcess, write_config
 
 SYSTEM_PY = "/usr/bin/python3"
@@ -60,6 +64,11 @@ def request(
     return out
 
 
+needs_cloud_init = pytest.mark.skipif(
+    not have_cloud_init(), reason="Debian's cloud-init (python3-cloudinit) is not installed"
+)
+
+
 @pytest.fixture
 def ci_cfg(cfg_dict: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     nodes = tmp_path / "nodes.yaml"
@@ -87,9 +96,7 @@ def provision(url: str) -> None:
     assert request(url, "PUT", f"/cloud-init/admin/instance-info/{NODE['xname']}", INFO)[0] == 201
 
 
-@pytest.mark.skipif(
-    not have_cloud_init(), reason="Debian's cloud-init (python3-cloudinit) is not installed"
-)
+@needs_cloud_init
 def test_cloud_init_nocloud_reads_the_seed(ci_cfg: dict[str, Any], tmp_path: Path) -> None:
     p = start(ci_cfg, tmp_path)
     try:
@@ -100,22 +107,8 @@ def test_cloud_init_nocloud_reads_the_seed(ci_cfg: dict[str, Any], tmp_path: Pat
         ssh.mkdir(parents=True)
         host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfTheNode root@compute-1"
         (ssh / "ssh_host_ed25519_key.pub").write_text(host_key + "\n")
-        r = subprocess.run(
-            [
-                SYSTEM_PY,
-                str(REPO / "tests" / "nocloud_reader.py"),
-                f"{p.url}/cloud-init/",
-                NODE_IP,
-                str(work),
-                f"{p.url}/cloud-init/phone-home/$INSTANCE_ID",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
-        got = json.loads(r.stdout)
+        phone_home = f"{p.url}/cloud-init/phone-home/$INSTANCE_ID"
+        got = read_with_cloud_init(f"{p.url}/cloud-init/", NODE_IP, work, phone_home)
         assert got["ok"] and f"{p.url}/cloud-init/" in got["seed"]
         md = got["metadata"]
         # What cloud-init parsed is what bootd stored (NoCloud only adds its bookkeeping keys).
@@ -127,6 +120,8 @@ def test_cloud_init_nocloud_reads_the_seed(ci_cfg: dict[str, Any], tmp_path: Pat
         assert got["public_keys"] == DEFAULTS["public-keys"]
         assert got["v1"]["local_hostname"] == "compute-1"
         assert got["userdata_raw"] == USER_DATA
+        # network-config (read by newer cloud-init) passes cloud-init's own network parser.
+        assert got["network"]["interfaces"] == {"boot0": {"mac": NODE["mac"], "subnets": ["dhcp4"]}}
         assert got["vendordata_raw"] == (
             f"#include\n{p.url}/cloud-init/compute.yaml\n{p.url}/cloud-init/gpu.yaml\n"
         )
@@ -140,7 +135,59 @@ def test_cloud_init_nocloud_reads_the_seed(ci_cfg: dict[str, Any], tmp_path: Pat
         assert boots[0]["booted"] and "cloud-init" in stages
     finally:
         p.stop()
-    shutil.rmtree(tmp_path / "ci", ignore_errors=True)
+
+
+def read_with_cloud_init(seed: str, src: str, work: Path, *extra: str) -> dict[str, Any]:
+    """Run tests/nocloud_reader.py under Debian's python3; its parsed result."""
+    r = subprocess.run(
+        [SYSTEM_PY, str(REPO / "tests" / "nocloud_reader.py"), seed, src, str(work), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work.parent,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+def node_token(cfg: dict[str, Any], now: float) -> str:
+    """The token the boot-script renderer would put on this node's command line."""
+    key = (Path(cfg["state_dir"]) / TOKEN_KEY_FILE).read_bytes()
+    return TokenIssuer(key).issue(str(NODE["mac"]), now)
+
+
+@needs_cloud_init
+def test_cloud_init_reads_the_secure_seed_from_its_command_line(
+    ci_cfg: dict[str, Any], tmp_path: Path
+) -> None:
+    p = start(ci_cfg, tmp_path)
+    try:
+        provision(p.url)
+        secret = (
+            "#cloud-config\nwrite_files:\n  - path: /etc/munge/munge.key\n    content: s3cr3t\n"
+        )
+        body = {
+            "file": {"content": COMPUTE, "encoding": "plain"},
+            "secret": {"content": secret, "encoding": "plain"},
+        }
+        assert request(p.url, "PUT", "/cloud-init/admin/groups/compute", body)[0] == 201
+        tok = node_token(ci_cfg, time.time())
+        cmdline = (
+            "BOOT_IMAGE=vmlinuz root=live:http://x/rootfs ip=dhcp "
+            f"ds=nocloud-net;s={p.url}/cloud-init-secure/%s?token={tok} bootd_ci_token={tok}"
+        )
+        got = read_with_cloud_init("cmdline:" + cmdline, NODE_IP, tmp_path / "ci")
+        assert got["ok"] and "cmdline" in got["seed"]
+        assert got["metadata"]["local-hostname"] == "compute-1"
+        assert got["userdata_raw"] == USER_DATA
+        # The MIME vendor-data: cloud-init followed the include list and kept the secret part.
+        assert got["vendor_parts"] == [COMPUTE, GPU, secret]
+        # The public seed never carries the secret.
+        public = request(p.url, "GET", "/cloud-init/vendor-data", src=NODE_IP, auth=False)[1]
+        assert b"s3cr3t" not in public
+    finally:
+        p.stop()
 
 
 def test_admin_data_survives_restart(ci_cfg: dict[str, Any], tmp_path: Path) -> None:
@@ -166,6 +213,7 @@ def test_admin_data_survives_restart(ci_cfg: dict[str, Any], tmp_path: Path) -> 
             )
         }
         md_before = yaml.safe_load(request(p.url, "GET", "/cloud-init/meta-data", src=NODE_IP)[1])
+        tok = node_token(ci_cfg, time.time())
     finally:
         assert p.stop() == 0
     p = start(ci_cfg, tmp_path)
@@ -177,5 +225,46 @@ def test_admin_data_survives_restart(ci_cfg: dict[str, Any], tmp_path: Path) -> 
         assert set(groups) == {"compute", "gpu"}
         md_after = yaml.safe_load(request(p.url, "GET", "/cloud-init/meta-data", src=NODE_IP)[1])
         assert md_after == md_before and md_after["instance-id"].startswith("i-")
+        # The token key lives in state_dir: a token from before the restart still works.
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", int(p.url.rsplit(":", 1)[1]), timeout=20, source_address=(NODE_IP, 0)
+        )
+        conn.request(
+            "GET", "/cloud-init-secure/meta-data", headers={"Authorization": f"Bearer {tok}"}
+        )
+        assert conn.getresponse().status == 200
+        conn.close()
     finally:
         p.stop()
+
+
+def test_cloud_init_cli(bootd_proc: BootdProcess, tmp_path: Path) -> None:
+    """`bootd cloud-init …` against the running daemon (click in-process, HTTP for real)."""
+    token = ["--token-file", str(tmp_path / "api-token")]
+
+    def run(*args: str, auth: bool = True) -> Result:
+        argv = ["--url", bootd_proc.url, *(token if auth else []), "cloud-init", *args]
+        return CliRunner().invoke(cli, argv, env={"BOOTD_TOKEN": None, "BOOTD_URL": None})
+
+    (tmp_path / "gpu.yaml").write_text(GPU)
+    (tmp_path / "secret.yaml").write_text("#cloud-config\nmunge: key\n")
+    r = run(
+        "groups", "set", "gpu", "--file", str(tmp_path / "gpu.yaml"),
+        "--secret-file", str(tmp_path / "secret.yaml"), "--meta", "arch=x86_64",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert run("groups", "get", "gpu", "--content").output == GPU
+    r = run("groups", "list")
+    assert "gpu" in r.output and "yes" in r.output  # the token reveals that a secret exists
+    assert "redacted" in run("groups", "list", auth=False).output
+    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    r = run("defaults", "--set", str(tmp_path / "defaults.yaml"))
+    assert r.exit_code == 0 and json.loads(r.output)["cluster-name"] == "demo"
+    (tmp_path / "info.yaml").write_text(yaml.safe_dump(INFO))
+    r = run("instance-info", "x1", "--set", str(tmp_path / "info.yaml"))
+    assert json.loads(r.output)["local-hostname"] == "compute-1"
+    r = run("groups", "delete", "gpu", auth=False)
+    assert r.exit_code != 0 and "401" in r.output
+    assert run("groups", "delete", "gpu").exit_code == 0
+    r = run("groups", "get", "gpu")
+    assert r.exit_code != 0 and "404" in r.output

@@ -137,6 +137,7 @@ async def test_dora_gives_address_and_options(bench: Bench) -> None:
 async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
     ips = {(await bench.lease(f"52:54:00:00:01:{i:02x}")).yiaddr for i in range(4)}
     assert ips == {"10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.103"}
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 0
     assert await bench.ask("52:54:00:00:01:99", MessageType.DISCOVER) is None
     assert bench.ctx.metrics.dhcp_messages.labels("discover", "exhausted")._value.get() == 1
     # The leases are untouched by the failure.
@@ -144,9 +145,11 @@ async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
 
 
 async def test_offer_holds_address_until_timeout(bench: Bench) -> None:
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 4
     a = await bench.ask("52:54:00:00:02:01", MessageType.DISCOVER)
     b = await bench.ask("52:54:00:00:02:02", MessageType.DISCOVER)
     assert a and b and a[0].yiaddr != b[0].yiaddr
+    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 2
     bench.now += 31  # offer_timeout 30 s
     for i in range(3, 7):
         await bench.lease(f"52:54:00:00:02:{i:02x}")
@@ -273,12 +276,16 @@ async def test_ipxe_gets_script_url_not_a_binary(bench: Bench) -> None:
 
 
 async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> None:
-    got = await bench.ask("52:54:00:00:0b:01", MessageType.DISCOVER, giaddr="10.1.0.1")
+    agent = b"\x01\x04port"
+    got = await bench.ask(
+        "52:54:00:00:0b:01", MessageType.DISCOVER, giaddr="10.1.0.1", options={82: agent}
+    )
     assert got is not None
     offer, dest = got
     assert offer.yiaddr == "10.1.0.50" and offer.giaddr == "10.1.0.1"
     assert offer.options[Opt.SUBNET_MASK] == bytes([255, 255, 255, 0])
     assert dest == Destination("10.1.0.1", 67)
+    assert list(offer.options)[-1] == 82 and offer.options[82] == agent  # RFC 3046 echo
     unknown = await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1")
     assert unknown is None
 
@@ -341,3 +348,19 @@ async def test_leases_survive_reload_from_db(bench: Bench) -> None:
     fresh = LeaseTable(bench.db, bench.ctx.clock, lambda ip: None)
     fresh.load()
     assert {x.ip for x in fresh.all()} == acked
+
+
+def test_raw_unicast_frame_checksums_match_scapy() -> None:
+    from scapy.layers.inet import IP, UDP
+
+    from bootd.dhcp.rawsend import ipv4_udp
+
+    payload = DhcpPacket(op=2, options={Opt.MESSAGE_TYPE: b"\x02"}).encode() + b"x"  # odd length
+    frame = ipv4_udp(ip_bytes("10.0.0.1"), ip_bytes("10.0.0.100"), 67, 68, payload)
+    pkt = IP(frame)
+    assert (pkt.src, pkt.dst, pkt[UDP].sport, pkt[UDP].dport) == ("10.0.0.1", "10.0.0.100", 67, 68)
+    ours_ip, ours_udp = pkt.chksum, pkt[UDP].chksum
+    del pkt.chksum, pkt[UDP].chksum
+    again = IP(bytes(pkt))
+    assert (again.chksum, again[UDP].chksum) == (ours_ip, ours_udp)
+    assert bytes(again[UDP].payload) == payload

@@ -4,7 +4,9 @@
  * Built and run by bench/cloudinit; a C epoll loop so the client costs far less
  * per request than either server.
  *
- * usage: storm HOST PORT PREFIX IPFILE   (IPFILE: one source IPv4 per line)
+ * usage: storm HOST PORT PREFIX IPFILE [SPREAD_MS]
+ *   IPFILE: one source IPv4 per line; SPREAD_MS (default 0): node i starts at
+ *   i*SPREAD_MS/N ms instead of all at once.
  * stdout: one line per fetch: "node doc status usec bodylen fnv1a64(body)",
  *         then "wall usec".
  */
@@ -81,7 +83,8 @@ static void start(struct fetch *f, int node, int doc) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) { fprintf(stderr, "usage: storm HOST PORT PREFIX IPFILE\n"); return 2; }
+    if (argc != 5 && argc != 6) { fprintf(stderr, "usage: storm HOST PORT PREFIX IPFILE [SPREAD_MS]\n"); return 2; }
+    double spread_us = argc == 6 ? atof(argv[5]) * 1000.0 : 0.0;
     host = argv[1]; port = atoi(argv[2]); prefix = argv[3];
     FILE *ipf = fopen(argv[4], "r");
     if (!ipf) { perror(argv[4]); return 2; }
@@ -98,12 +101,22 @@ int main(int argc, char **argv) {
     struct fetch *fs = calloc(nnodes, sizeof *fs);
     for (int i = 0; i < nnodes; i++) fs[i].buf = malloc(BUFMAX);
     double t = now_us();
-    for (int i = 0; i < nnodes; i++) start(&fs[i], i, 0);
+    int next = 0; /* next node to start */
     struct epoll_event evs[1024];
     char req[512];
-    while (live > 0) {
-        int n = epoll_wait(epfd, evs, 1024, 30000);
-        if (n <= 0) { fprintf(stderr, "timeout with %d fetches in flight\n", live); break; }
+    while (live > 0 || next < nnodes) {
+        double el = now_us() - t;
+        while (next < nnodes && (spread_us <= 0 || next * spread_us / nnodes <= el)) {
+            start(&fs[next], next, 0);
+            next++;
+        }
+        int wait_ms = 30000;
+        if (next < nnodes) {
+            wait_ms = (int)((next * spread_us / nnodes - (now_us() - t)) / 1000.0);
+            if (wait_ms < 0) wait_ms = 0;
+        }
+        int n = epoll_wait(epfd, evs, 1024, wait_ms);
+        if (n < 0 || (n == 0 && next >= nnodes)) { fprintf(stderr, "timeout with %d fetches in flight\n", live); break; }
         for (int k = 0; k < n; k++) {
             struct fetch *f = evs[k].data.ptr;
             if (!f->sent) {

@@ -81,12 +81,16 @@ def storm(
     nodes: list[str],
     prefix: str,
     expected: Callable[[int, str], str],
+    spread_ms: float = 0.0,
 ) -> StormResult:
-    """Run the C client once: every node fetches its three documents; bodies checked by digest."""
+    """Run the C client once: every node fetches its three documents; bodies checked by digest.
+
+    spread_ms=0 starts every node at the same moment; otherwise starts are spread evenly.
+    """
     ipfile = client.with_name("ips.txt")
     ipfile.write_text("\n".join(nodes) + "\n")
     r = subprocess.run(
-        [str(client), host, str(port), prefix, str(ipfile)],
+        [str(client), host, str(port), prefix, str(ipfile), str(spread_ms)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 4,

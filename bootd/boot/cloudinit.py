@@ -300,6 +300,15 @@ class NodeSeed:
         md["instance_data"] = {"v1": v1}
         return md
 
+    def network_config(self) -> dict[str, Any]:
+        """Netplan v2: DHCPv4 on the interface with the boot MAC, as the initramfs already did."""
+        return {
+            "version": 2,
+            "ethernets": {
+                "boot0": {"match": {"macaddress": self.node.mac}, "dhcp4": True},
+            },
+        }
+
     def user_data(self) -> str:
         """The node's own cloud-config, or `#cloud-config` alone."""
         ud = self.info.get("user-data")

@@ -10,6 +10,7 @@ import click
 
 from bootd import __version__
 from bootd.cli import bss, dhcp, inventory
+from bootd.cli import cloudinit as cloudinit_cli
 from bootd.cli.client import make_client
 from bootd.config import ConfigError, load_config
 from bootd.logs import setup_logging
@@ -76,6 +77,7 @@ def check_config(config_path: Path) -> None:
 inventory.register(cli)
 dhcp.register(cli)
 bss.register(cli)
+cloudinit_cli.register(cli)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ payload_option = click.option(
     "--payload",
     "-p",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="BootParams as YAML or JSON (macs, hosts, nids, kernel, initrd, params, cloud-init)",
+    help="BootParams as YAML or JSON (macs, hosts, nids, kernel, initrd, params, cloud-init); "
+    "a list sends each entry",
 )
 
 
@@ -32,8 +33,20 @@ def load_payload(path: Path | None, required: bool) -> Any:
         raise click.ClickException(f"{path}: YAML syntax error: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise click.ClickException(f"{path}: expected one BootParams mapping (macs, kernel, …)")
+    if not isinstance(data, dict | list) or not all(
+        isinstance(d, dict) for d in (data if isinstance(data, list) else [data])
+    ):
+        raise click.ClickException(
+            f"{path}: expected a BootParams mapping (macs, kernel, …) or a list"
+        )
+    return data
+
+
+def one_payload(path: Path | None) -> Any:
+    """An optional payload that must be a single mapping (selections for get/delete)."""
+    data = load_payload(path, required=False)
+    if isinstance(data, list):
+        raise click.ClickException(f"{path}: give one mapping (macs, hosts, nids), not a list")
     return data
 
 
@@ -50,9 +63,10 @@ def register(cli: click.Group) -> None:
         @pass_client
         def cmd(client: ApiClient, payload: Path | None) -> None:
             data = load_payload(payload, required=True)
-            client.ok(method, "/boot/v1/bootparameters", data)
-            keys = [str(k) for f in ("macs", "hosts", "nids") for k in data.get(f) or []]
-            click.echo(f"{verb.lower()}: {', '.join(keys) or 'nothing'}")
+            for entry in data if isinstance(data, list) else [data]:
+                client.ok(method, "/boot/v1/bootparameters", entry)
+                keys = [str(k) for f in ("macs", "hosts", "nids") for k in entry.get(f) or []]
+                click.echo(f"{verb.lower()}: {', '.join(keys) or 'nothing'}")
 
     write_command("add", "POST", "Added")
     write_command("set", "PUT", "Set")
@@ -68,7 +82,7 @@ def register(cli: click.Group) -> None:
         client: ApiClient, payload: Path | None, mac: str | None, name: str | None, nid: str | None
     ) -> None:
         """Delete boot parameters by macs, hosts or nids."""
-        data = load_payload(payload, required=False)
+        data = one_payload(payload)
         if data is None and not (mac or name or nid):
             raise click.ClickException("give --payload FILE or --mac/--name/--nid")
         q = {k: v for k, v in (("mac", mac), ("name", name), ("nid", nid)) if v}
@@ -85,7 +99,7 @@ def register(cli: click.Group) -> None:
         client: ApiClient, payload: Path | None, mac: str | None, name: str | None, nid: str | None
     ) -> None:
         """Show boot parameters (all, or those of the given nodes) as JSON."""
-        data = load_payload(payload, required=False)
+        data = one_payload(payload)
         q = {k: v for k, v in (("mac", mac), ("name", name), ("nid", nid)) if v}
         click.echo(json.dumps(client.ok("GET", "/boot/v1/bootparameters", data, **q), indent=2))
 

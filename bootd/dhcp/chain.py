@@ -7,12 +7,19 @@ from bootd.context import Context
 from bootd.dhcp.address import AddressStage
 from bootd.dhcp.exchange import Exchange, Stage, run_stages
 from bootd.dhcp.netboot import BootFiles, NetbootStage
-from bootd.dhcp.stages import hostname, network_options, proxy_skeleton, server_identity, skeleton
+from bootd.dhcp.stages import (
+    hostname,
+    network_options,
+    proxy_skeleton,
+    relay_agent_echo,
+    server_identity,
+    skeleton,
+)
 from bootd.store.leases import LeaseTable
 
 
 def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
-    """skeleton → identity → address → network options → netboot → hostname (CoreDHCP style)."""
+    """skeleton → identity → address → network options → netboot → hostname → option 82 echo."""
 
     def config() -> Config:
         return ctx.config
@@ -27,6 +34,7 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
         network_options,
         netboot,
         hostname(ctx.nodes),
+        relay_agent_echo,
     ]
 
 

@@ -56,6 +56,7 @@ def destination(
 
 
 Sender = Callable[[bytes, Destination], None]
+PendingAck = tuple[Exchange, Lease, bytes, Destination]
 
 
 class DhcpHandler:
@@ -67,6 +68,11 @@ class DhcpHandler:
         self.stages = stages
         self.send = send
         self._pending: set[asyncio.Task[None]] = set()
+        # Filled during one burst of datagrams, emptied by _flush right after it.
+        self._acks: list[PendingAck] = []
+        self._events: list[tuple[str, str, str, float, str]] = []
+        self._flush_scheduled = False
+        self._in_flight = 0
         self._logged = RateLimitedLog(log)
         # Label children cached: .labels() takes a lock and hashes on every call.
         self._counters: dict[tuple[str, str], Counter] = {}
@@ -120,7 +126,6 @@ class DhcpHandler:
                     mac=ex.mac,
                 )
             return
-        self._timeline_start(ex, mt)
         wire = ex.reply.encode()
         dest = destination(
             req, ex.reply, ex.reply_type == MessageType.NAK, source, self._is_pxe_port(local_port)
@@ -129,42 +134,72 @@ class DhcpHandler:
             self._count(mtype, ex.reply_type.name.lower())
             self.send(wire, dest)
             if ex.reply_type == MessageType.ACK and mt == MessageType.INFORM:
-                self.ctx.timeline.record(ex.mac, ex.phase, "event", now, detail="inform")
+                self._event(ex.mac, ex.phase, "event", now, "inform")
+            self._timeline_start(ex, mt)
             return
-        if len(self._pending) >= MAX_PENDING_COMMITS:
+        if self._in_flight >= MAX_PENDING_COMMITS:
             self._count(mtype, "overload")
             self._logged.warning("dhcp:commit-backlog", "dhcp: lease writes are behind; dropping")
             return
-        task = asyncio.get_running_loop().create_task(
-            self._commit_then_send(ex, ex.commit, wire, dest)
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._timeline_start(ex, mt)
+        self._in_flight += 1
+        self._acks.append((ex, ex.commit, wire, dest))
+        self._schedule_flush()
 
-    async def _commit_then_send(
-        self, ex: Exchange, lease: Lease, wire: bytes, dest: Destination
-    ) -> None:
-        """The ACK leaves only once its lease is committed and fsynced."""
+    def _event(self, mac: str, stage: str, event: str, now: float, detail: str = "") -> None:
+        # Timeline rows are recorded after the burst's replies are out: off the reply path.
+        self._events.append((mac, stage, event, now, detail))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """After a burst: one durable write for all its ACKs, then the timeline events."""
+        self._flush_scheduled = False
+        acks, self._acks = self._acks, []
+        if acks:
+            task = asyncio.get_running_loop().create_task(self._commit_then_send(acks))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        events, self._events = self._events, []
+        record = self.ctx.timeline.record
+        for mac, stage, event, now, detail in events:
+            record(mac, stage, event, now, detail=detail)
+
+    async def _commit_then_send(self, acks: list[PendingAck]) -> None:
+        """ACKs leave only once their leases are committed and fsynced (one batch, one fsync)."""
         try:
-            await self.leases.persist(lease)
-        except Exception as exc:  # a store failure must cost one reply, not the service
-            self._count("request", "store-error")
+            await self.leases.persist([lease for _, lease, _, _ in acks])
+        except Exception as exc:  # a store failure must cost replies, not the service
+            for _ in acks:
+                self._count("request", "store-error")
             self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
             return
-        self._count("request", "ack")
-        self.send(wire, dest)
-        self.ctx.timeline.record(ex.mac, ex.phase, "end", self.ctx.clock(), detail=lease.ip)
+        finally:
+            self._in_flight -= len(acks)
+        for _, _, wire, dest in acks:
+            self.send(wire, dest)
+        now = self.ctx.clock()
+        record = self.ctx.timeline.record
+        for ex, lease, _, _ in acks:
+            self._count("request", "ack")
+            record(ex.mac, ex.phase, "end", now, detail=lease.ip)
 
     def _timeline_start(self, ex: Exchange, mt: MessageType | None) -> None:
         if mt == MessageType.DISCOVER:
-            self.ctx.timeline.record(ex.mac, ex.phase, "start", ex.now)
+            self._event(ex.mac, ex.phase, "start", ex.now)
         elif mt == MessageType.REQUEST and client_state(ex) == "INIT-REBOOT":
             tl = self.ctx.timeline.get(ex.mac)
             rec = tl.stages.get(ex.phase) if tl is not None else None
             if rec is None or rec.end is not None:
-                self.ctx.timeline.record(ex.mac, ex.phase, "start", ex.now)
+                self._event(ex.mac, ex.phase, "start", ex.now)
 
     async def drain(self, timeout: float) -> None:
         """Wait for ACKs still waiting on the disk."""
+        if self._flush_scheduled:
+            self._flush()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bootd.dhcp.exchange import Exchange
-from bootd.dhcp.stages import ConfigSource, is_ipxe
+from bootd.dhcp.stages import ConfigSource
 from bootd.proto.dhcp import Opt
 from bootd.proto.dhcp.options import ip_bytes
 
@@ -74,7 +74,7 @@ class NetbootStage:
         req = ex.request
         vc = req.vendor_class
         base = cfg.http_base_url
-        if is_ipxe(ex):
+        if ex.phase == "dhcp-ipxe":  # set by the skeleton from user-class/option 175
             url = bootscript_url(base, ex.mac)
             self._set_file(ex, url.encode(), cfg.address)
             ex.note(f"iPXE client (user-class iPXE or option 175): boot script {url}")

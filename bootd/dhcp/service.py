@@ -20,6 +20,7 @@ from bootd.context import Context, StartupError
 from bootd.dhcp.address import networks
 from bootd.dhcp.chain import build_stages
 from bootd.dhcp.handler import Destination, DhcpHandler
+from bootd.dhcp.rawsend import RawSender
 from bootd.logs import RateLimitedLog
 from bootd.store.leases import LeaseTable
 
@@ -43,6 +44,7 @@ class DhcpService:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._started_config = ctx.config
 
         def reserved(ip: str) -> str | None:
             node = ctx.nodes.by_ip(ip)
@@ -56,6 +58,7 @@ class DhcpService:
         self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send)
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
+        self._raw: RawSender | None = None
         self._log = RateLimitedLog(log)
         self._set_gauges()
 
@@ -112,6 +115,11 @@ class DhcpService:
         if cfg.dhcp.mode == "proxy":
             ports.append(cfg.dhcp.proxy_port)
         loop = asyncio.get_running_loop()
+        if cfg.interface and os.geteuid() == 0:
+            try:
+                self._raw = RawSender(cfg.interface, cfg.address)
+            except OSError as exc:
+                log.warning("dhcp: no raw socket (%s); unicast replies go through ARP", exc)
         try:
             for port in ports:
                 sock = self._open(port)
@@ -151,8 +159,15 @@ class DhcpService:
         # via=-1: the proxy (last) socket; everything else leaves from the DHCP port.
         sock = self._socks[-1][0] if dest.via == -1 else self._socks[0][0]
         ip = dest.ip
-        if dest.arp_mac is not None and not self._set_arp(sock, ip, dest.arp_mac):
-            ip = "255.255.255.255"
+        if dest.arp_mac is not None:
+            if self._raw is not None:
+                try:
+                    self._raw.send(wire, ip, dest.port, dest.arp_mac, self._socks[0][1])
+                    return
+                except OSError as exc:
+                    self._log.warning("dhcp:raw", "dhcp: raw unicast to %s failed: %s", ip, exc)
+            if not self._set_arp(sock, ip, dest.arp_mac):
+                ip = "255.255.255.255"
         try:
             sock.sendto(wire, (ip, dest.port))
         except OSError as exc:
@@ -181,7 +196,13 @@ class DhcpService:
         return [f"udp/{port} on {where} ({self.ctx.config.dhcp.mode})" for _, port in self._socks]
 
     def reload(self, config: Config) -> None:
-        """Stages read ctx.config per packet; nothing to rebuild."""
+        """Stages read ctx.config per packet; sockets and the stage list stay as started."""
+        old = self._started_config
+        for key in ("mode", "port", "proxy_port", "rcvbuf"):
+            if getattr(config.dhcp, key) != getattr(old.dhcp, key):
+                log.warning("reload: dhcp.%s changed; it takes effect only after a restart", key)
+        if config.interface != old.interface:
+            log.warning("reload: interface changed; it takes effect only after a restart")
 
     async def stop(self, grace: float) -> None:
         """Stop reading; let ACKs waiting on the disk go out within `grace`."""
@@ -192,3 +213,6 @@ class DhcpService:
         for sock, _ in self._socks:
             sock.close()
         self._socks = []
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None

@@ -153,3 +153,13 @@ def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:
             ex.note(f"hostname {node.hostname} from the node inventory")
 
     return stage
+
+
+def relay_agent_echo(ex: Exchange) -> None:
+    """RFC 3046 §2.2: echo the relay agent information option, last, in replies via a relay."""
+    if ex.reply is None:
+        return
+    info = ex.request.options.get(Opt.RELAY_AGENT)
+    if info is not None and ex.request.giaddr != ZERO:
+        ex.reply.options.pop(Opt.RELAY_AGENT, None)
+        ex.reply.options[Opt.RELAY_AGENT] = info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 
 import jinja2
@@ -128,10 +129,16 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             source=source,
             policy=RetryPolicy(c.script_retries, c.script_retry_base, c.script_retry_max),
             jitter=rng.random(),
-            ci_token=ctx.ci_tokens.issue(mac, ctx.clock()) if ctx.ci_tokens and mac else None,
+            # Only a script that boots carries a token: a retry script would waste one.
+            ci_token=(
+                ctx.ci_tokens.issue(mac, ctx.clock())
+                if ctx.ci_tokens and mac and data is not None and data.kernel
+                else None
+            ),
         )
 
     async def bootscript(request: web.Request) -> web.Response:
+        started = time.perf_counter()
         req = build_request(request)
         try:
             script = render_script(req, templates.get(ctx.config.http.script_template))
@@ -144,7 +151,10 @@ def add_routes(app: web.Application, ctx: Context) -> None:
                 detail = (detail + " no boot parameters").strip()
             ctx.timeline.record(req.mac, "bootscript", "event", ctx.clock(), detail=detail)
         if request.query.get("json") in ("1", "true", "yes"):
-            return web.json_response({**template_vars(req), "script": script})
-        return web.Response(text=script, content_type="text/plain")
+            resp = web.json_response({**template_vars(req), "script": script})
+        else:
+            resp = web.Response(text=script, content_type="text/plain")
+        ctx.metrics.bootscript_seconds.observe(time.perf_counter() - started)
+        return resp
 
     app.router.add_get("/boot/v1/bootscript", bootscript)

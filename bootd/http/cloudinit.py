@@ -27,7 +27,7 @@ from bootd.store.cloudinit import CloudInitStore, store_of
 
 log = logging.getLogger("bootd.cloudinit")
 
-DOCS = "{doc:meta-data|user-data|vendor-data}"
+DOCS = "{doc:meta-data|user-data|vendor-data|network-config}"
 # Rendered documents kept per (document, node); past this the cache starts over.
 # 3 documents × ~20k nodes; each entry is a few KB at most.
 MAX_CACHED = 65_536
@@ -138,6 +138,8 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         s = seed(ip, node)
         if doc == "meta-data":
             body = dump_yaml(s.meta_data()).encode()
+        elif doc == "network-config":
+            body = dump_yaml(s.network_config()).encode()
         elif doc == "user-data":
             body = s.user_data().encode()
         else:
@@ -158,7 +160,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         detail = f"secure {doc}" if secure else doc
         ctx.timeline.record(mac, "cloud-init", "event", ctx.clock(), len(body), detail)
         (bytes_secure if secure else bytes_plain).inc(len(body))
-        ctype = "application/yaml" if doc == "meta-data" else "text/plain"
+        ctype = "application/yaml" if doc in ("meta-data", "network-config") else "text/plain"
         return web.Response(body=body, content_type=ctype, charset="utf-8")
 
     async def nocloud(request: web.Request) -> web.Response:

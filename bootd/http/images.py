@@ -117,7 +117,13 @@ def add_routes(app: web.Application, ctx: Context) -> None:
                 resp.content_length = plan.length
             await resp.prepare(request)
             if request.method == "GET" and plan.length and plan.status in (200, 206):
-                await send(request, fobj, plan.start, plan.length, stage_of(request, rel))
+                try:
+                    await send(request, fobj, plan.start, plan.length, stage_of(request, rel))
+                except ConnectionError:
+                    # The client went away mid-file (already recorded): close quietly,
+                    # a storm's worth of tracebacks helps nobody.
+                    resp.force_close()
+                    return resp
             await resp.write_eof()
             return resp
         finally:

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from socket import inet_aton, inet_ntoa
 
 from bootd.store.db import Database, Migration
 
@@ -34,13 +35,12 @@ MAX_PENDING_OFFERS = 65536
 
 def ip_to_int(ip: str) -> int:
     """Dotted quad → integer."""
-    a, b, c, d = (int(x) for x in ip.split("."))
-    return (a << 24) | (b << 16) | (c << 8) | d
+    return int.from_bytes(inet_aton(ip), "big")
 
 
 def int_to_ip(n: int) -> str:
     """Integer → dotted quad."""
-    return f"{n >> 24 & 255}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    return inet_ntoa(n.to_bytes(4, "big"))
 
 
 @dataclass(slots=True)
@@ -133,7 +133,11 @@ class LeaseTable:
     def free_count(self, first: int, last: int) -> int:
         """Addresses of a pool that could be offered right now (for the gauge)."""
         now = self._clock()
-        return sum(1 for n in range(first, last + 1) if self.is_free(int_to_ip(n), "", now))
+        busy = {ip for ip, mac in self._owner.items() if self._leases[mac].expires > now}
+        busy.update(ip for ip, mac in self._offered.items() if self._offers[mac][1] > now)
+        busy.update(ip for ip, until in self._quarantine.items() if until > now)
+        inside = sum(1 for ip in busy if first <= ip_to_int(ip) <= last)
+        return last - first + 1 - inside
 
     def is_free(self, ip: str, mac: str, now: float) -> bool:
         """Whether `ip` may go to `mac`: no other active lease, offer, reservation or quarantine."""
@@ -198,17 +202,21 @@ class LeaseTable:
         self._owner[ip] = mac
         return lease
 
-    def persist(self, lease: Lease) -> Awaitable[None]:
-        """Write the lease; resolves once its batch is committed and fsynced."""
-        row = (lease.mac, lease.ip, lease.expires, lease.hostname, self._clock())
+    def persist(self, leases: list[Lease]) -> Awaitable[None]:
+        """Write leases in one job; resolves once their batch is committed and fsynced."""
+        now = self._clock()
+        rows = [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]
 
         def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM dhcp_leases WHERE ip = ? AND mac != ?", (row[1], row[0]))
-            conn.execute(
+            # An address moving from an expired lease to a new MAC: drop the old row first.
+            conn.executemany(
+                "DELETE FROM dhcp_leases WHERE ip = ? AND mac != ?", [(r[1], r[0]) for r in rows]
+            )
+            conn.executemany(
                 "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, expires=excluded.expires, "
                 "hostname=excluded.hostname, updated=excluded.updated",
-                row,
+                rows,
             )
 
         return self._db.write(tx)

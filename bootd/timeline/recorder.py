@@ -43,6 +43,9 @@ class TimelineRecorder:
         self._db = db
         self._nodes: OrderedDict[str, NodeTimeline] = OrderedDict()
         self._observer = observer
+        # True while every MAC with rows in SQLite is also in memory (after load(),
+        # until an eviction): then a MAC not in memory has no boots yet, no query needed.
+        self._complete = False
 
     def load(self) -> None:
         """Rebuild each node's latest boot from SQLite."""
@@ -56,6 +59,7 @@ class TimelineRecorder:
                 tl = NodeTimeline(r["mac"], r["boot_id"], r["t"], r["t"])
                 self._nodes[r["mac"]] = tl
             tl.record(r["stage"], r["event"], r["t"], r["bytes"], r["detail"])
+        self._complete = len(self._nodes) <= MAX_NODES_IN_MEMORY
 
     def record(
         self, mac: str, stage: str, event: str, now: float, nbytes: int = 0, detail: str = ""
@@ -63,13 +67,18 @@ class TimelineRecorder:
         """Record one event: 'start', 'end' or 'event' (instantaneous)."""
         tl = self._nodes.get(mac)
         if tl is None or tl.is_new_boot(stage, now):
-            boot_id = tl.boot_id + 1 if tl else self._next_boot_id(mac)
+            if tl is not None:
+                boot_id = tl.boot_id + 1
+            else:
+                boot_id = 1 if self._complete else self._next_boot_id(mac)
             tl = NodeTimeline(mac, boot_id, now, now)
             self._nodes[mac] = tl
-            self._prune(mac, boot_id)
+            if boot_id > BOOTS_KEPT_PER_NODE:
+                self._prune(mac, boot_id)
         self._nodes.move_to_end(mac)
         while len(self._nodes) > MAX_NODES_IN_MEMORY:
             self._nodes.popitem(last=False)
+            self._complete = False
         tl.record(stage, event, now, nbytes, detail)
         row = (mac, tl.boot_id, stage, event, now, nbytes, detail)
         self._db.write_nowait(

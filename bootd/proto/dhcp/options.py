@@ -65,10 +65,13 @@ _PAD = 0
 _END = 255
 
 
-def parse_option_area(data: bytes | memoryview, out: dict[int, bytes], where: str) -> None:
-    """Append the options in one area to `out`; repeated codes are concatenated (RFC 3396 §7)."""
-    i = 0
-    n = len(data)
+def parse_option_area(
+    data: bytes, out: dict[int, bytes], where: str, start: int = 0, stop: int | None = None
+) -> None:
+    """Add the options in data[start:stop] to `out`; repeated codes are concatenated (RFC 3396 §7)."""
+    i = start
+    n = len(data) if stop is None else stop
+    get = out.get
     while i < n:
         code = data[i]
         if code == _PAD:
@@ -78,15 +81,13 @@ def parse_option_area(data: bytes | memoryview, out: dict[int, bytes], where: st
             return
         if i + 1 >= n:
             raise DhcpDecodeError("bad-option", f"option {code} in {where} has no length byte")
-        length = data[i + 1]
-        end = i + 2 + length
+        end = i + 2 + data[i + 1]
         if end > n:
             raise DhcpDecodeError(
-                "bad-option", f"option {code} in {where} runs past the end ({length} bytes)"
+                "bad-option", f"option {code} in {where} runs past the end ({data[i + 1]} bytes)"
             )
-        value = bytes(data[i + 2 : end])
-        prev = out.get(code)
-        out[code] = value if prev is None else prev + value
+        prev = get(code)
+        out[code] = data[i + 2 : end] if prev is None else prev + data[i + 2 : end]
         i = end
     # RFC 2131 §4.1 requires an END option, but many clients pad the area to its
     # end instead; a missing END at the very end is harmless, so we accept it.
@@ -94,20 +95,21 @@ def parse_option_area(data: bytes | memoryview, out: dict[int, bytes], where: st
 
 def encode_options(options: dict[int, bytes]) -> bytearray:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
-    out = bytearray()
+    parts: list[bytes] = []
     for code, value in options.items():
         if code in (_PAD, _END):
             continue
-        if not value:
-            out += bytes((code, 0))
+        n = len(value)
+        if n <= 255:
+            parts.append(bytes((code, n)))
+            parts.append(value)
             continue
-        for start in range(0, len(value), 255):
+        for start in range(0, n, 255):
             chunk = value[start : start + 255]
-            out.append(code)
-            out.append(len(chunk))
-            out += chunk
-    out.append(_END)
-    return out
+            parts.append(bytes((code, len(chunk))))
+            parts.append(chunk)
+    parts.append(b"\xff")
+    return bytearray(b"".join(parts))
 
 
 def ip_bytes(ip: str) -> bytes:

@@ -147,8 +147,7 @@ def decode(data: bytes) -> DhcpPacket:
     if data[HEADER_LEN:MIN_LEN] != MAGIC:
         raise DhcpDecodeError("bad-cookie", "no DHCP magic cookie (plain BOOTP is not served)")
     options: dict[int, bytes] = {}
-    view = memoryview(data)
-    parse_option_area(view[MIN_LEN:], options, "options")
+    parse_option_area(bytes(data), options, "options", MIN_LEN)
     overload = options.get(Opt.OVERLOAD)
     if overload is not None:
         if len(overload) != 1 or overload[0] not in (1, 2, 3):

@@ -1,0 +1,216 @@
+"""python -m bench.dhcp [--start-rate 500] [--period 5] [--only bootd,kea]: writes bench/results/dhcp.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.lab.netns import VethLab, can_netns
+from tests.dhcp_lab import POOL, LabBootd, dhcp_config, leases_in_db, perfdhcp
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "dhcp.json"
+PREFIX = "bdh9"
+
+
+class Peer:
+    """A server process in the lab's server namespace."""
+
+    def __init__(self, name: str, start: Callable[[Path], subprocess.Popen[bytes] | LabBootd]):
+        self.name = name
+        self._start = start
+        self._proc: subprocess.Popen[bytes] | LabBootd | None = None
+
+    def up(self, tmp: Path) -> None:
+        self._proc = self._start(tmp)
+        time.sleep(1.0)
+
+    def down(self) -> None:
+        p = self._proc
+        if isinstance(p, LabBootd):
+            p.stop()
+        elif p is not None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._proc = None
+
+
+def peers(lab: VethLab) -> list[Peer]:
+    """bootd, dnsmasq (--no-ping) and kea-dhcp4 (memfile, persist) as in shared/PEERS.md."""
+    lo, hi = POOL.split("-")
+
+    def bootd(tmp: Path) -> LabBootd:
+        b = LabBootd(tmp, lab, dhcp_config(tmp, lab))
+        b.wait_ready()
+        return b
+
+    def dnsmasq(tmp: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            lab.in_srv(
+                "dnsmasq", "--keep-in-foreground", "--user=root", "--port=0",
+                f"--interface={lab.srv_if}", "--bind-interfaces",
+                f"--dhcp-range={lo},{hi},255.255.0.0,1h", "--dhcp-lease-max=100000",
+                "--no-ping", f"--dhcp-leasefile={tmp}/dnsmasq.leases", "--conf-file=/dev/null",
+                f"--pid-file={tmp}/dnsmasq.pid",
+            ),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def kea(tmp: Path) -> subprocess.Popen[bytes]:
+        conf = {
+            "Dhcp4": {
+                "interfaces-config": {"interfaces": [lab.srv_if]},
+                "lease-database": {
+                    "type": "memfile", "persist": True, "name": f"{tmp}/leases.csv",
+                    "lfc-interval": 0,
+                },
+                "valid-lifetime": 3600,
+                "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": f"{lo} - {hi}"}]}],
+                "loggers": [
+                    {"name": "kea-dhcp4", "output_options": [{"output": f"{tmp}/kea.log"}],
+                     "severity": "WARN"}
+                ],
+            }
+        }  # fmt: skip
+        (tmp / "kea.json").write_text(json.dumps(conf))
+        Path("/run/kea").mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            lab.in_srv("kea-dhcp4", "-c", str(tmp / "kea.json")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={"KEA_PIDFILE_DIR": str(tmp), "KEA_LOCKFILE_DIR": str(tmp), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
+
+    return [Peer("bootd", bootd), Peer("dnsmasq", dnsmasq), Peer("kea", kea)]
+
+
+def loss(r: dict[str, Any]) -> float:
+    """Fraction of exchanges lost, from perfdhcp's per-exchange drop counters."""
+    sent = r.get("sent") or [0]
+    drops = r.get("drops") or [0]
+    return sum(drops) / max(1, sent[0])
+
+
+def sustained(
+    peer: Peer, lab: VethLab, tmp: Path, rate: int, period: int, clients: int
+) -> dict[str, Any]:
+    """One perfdhcp -r run against a fresh server (empty lease store)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    peer.up(tmp)
+    try:
+        r = perfdhcp(
+            lab, "-l", lab.cli_if, "-r", str(rate), "-R", str(clients), "-p", str(period),
+            "-W", "2000000", timeout=period + 60,
+        )  # fmt: skip
+    finally:
+        peer.down()
+    return {"offered": rate, "rate": r.get("rate", 0.0), "loss": round(loss(r), 4)}
+
+
+def search(peer: Peer, lab: VethLab, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Double the offered rate until loss reaches 1 %, then bisect once; best clean step wins."""
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    rate, bad = args.start_rate, None
+    while rate <= args.max_rate:
+        step = sustained(peer, lab, tmp, rate, args.period, args.clients)
+        steps.append(step)
+        if step["loss"] >= 0.01:
+            bad = rate
+            break
+        best = max(best, step, key=lambda s: s.get("rate", 0)) if best else step
+        rate *= 2
+    if bad is not None and best:
+        step = sustained(peer, lab, tmp, (best["offered"] + bad) // 2, args.period, args.clients)
+        steps.append(step)
+        if step["loss"] < 0.01 and step["rate"] > best["rate"]:
+            best = step
+    return {"steps": steps, "best": best}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every peer through both scenarios in one lab."""
+    out: dict[str, Any] = {"period_s": args.period, "clients": args.clients}
+    with VethLab(PREFIX) as lab:
+        for peer in peers(lab):
+            if args.only and peer.name not in args.only.split(","):
+                continue
+            res: dict[str, Any] = {}
+            tmp = Path(tempfile.mkdtemp(prefix=f"bench-dhcp-{peer.name}-"))
+            try:
+                peer.up(tmp)
+                r = perfdhcp(lab, "-l", lab.cli_if, "--scenario", "avalanche", "-R", "640")
+                res["avalanche"] = {
+                    k: r.get(k) for k in ("seconds", "provisioned", "resent", "non_unique")
+                }
+                if peer.name == "bootd":
+                    ips = [ip for _, ip in leases_in_db(dhcp_config(tmp, lab))]
+                    res["avalanche"]["db_leases"] = len(ips)
+                    res["avalanche"]["db_unique"] = len(set(ips))
+                peer.down()
+                found = search(peer, lab, tmp, args)
+                res["sustained_steps"] = found["steps"]
+                res["sustained"] = found["best"]
+            finally:
+                peer.down()
+                shutil.rmtree(tmp, ignore_errors=True)
+            out[peer.name] = res
+            print(f"{peer.name}: {json.dumps(res)}", flush=True)
+    return out
+
+
+def table(out: dict[str, Any]) -> str:
+    """The numbers side by side, with bootd's ratios."""
+    names = [n for n in ("bootd", "dnsmasq", "kea") if n in out]
+    if "bootd" not in names:
+        return json.dumps(out, indent=2)
+    lines = [f"{'':28}" + "".join(f"{n:>12}" for n in names)]
+
+    def row(label: str, get: Callable[[dict[str, Any]], Any]) -> None:
+        vals = [get(out[n]) for n in names]
+        lines.append(f"{label:28}" + "".join(f"{'-' if v is None else v:>12}" for v in vals))
+
+    row("avalanche 640: seconds", lambda r: r["avalanche"].get("seconds"))
+    row("avalanche 640: resends", lambda r: r["avalanche"].get("resent"))
+    row("avalanche 640: provisioned", lambda r: r["avalanche"].get("provisioned"))
+    row("sustained: leases/s (<1%)", lambda r: round(r["sustained"].get("rate", 0)))
+    b = out["bootd"]
+    for peer in names[1:]:
+        p = out[peer]
+        t = (b["avalanche"].get("seconds") or 0) / max(1e-9, p["avalanche"].get("seconds") or 1e-9)
+        s = (b["sustained"].get("rate") or 0) / max(1e-9, p["sustained"].get("rate") or 1e-9)
+        lines.append(f"bootd/{peer}: avalanche time x{t:.2f}, sustained rate x{s:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run, print the table, write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--start-rate", type=int, default=500, help="first sustained rate tried")
+    ap.add_argument("--max-rate", type=int, default=32000)
+    ap.add_argument("--period", type=int, default=5, help="seconds per sustained run")
+    ap.add_argument("--only", default="", help="comma-separated subset: bootd,dnsmasq,kea")
+    ap.add_argument("--clients", type=int, default=30000)
+    args = ap.parse_args()
+    reason = can_netns()
+    if reason:
+        raise SystemExit(f"bench.dhcp: {reason}")
+    out = run(args)
+    out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()

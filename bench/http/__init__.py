@@ -1,0 +1,1 @@
+"""HTTP benchmark: bootd vs nginx."""
