@@ -15,6 +15,7 @@ from bench.storm import report
 from bench.storm.anchor import AnchorStack
 from bench.storm.bootd_stack import BootdStack
 from bench.storm.images import Sizes, make_images, make_tftp_root
+from bench.storm.machines import link_lab_images
 from bench.storm.runner import Stack, StormOptions, run_storm, scratch_dir
 from bench.storm.stack import StackUnavailable
 
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--restart-at", default="tftp:0.5", help="STAGE:FRACTION that triggers the restart"
     )
-    p.add_argument("--qemu", type=int, default=0, help="real QEMU machines joining the storm")
+    p.add_argument(
+        "--qemu", type=int, default=2, help="real QEMU machines joining the storm (0: none)"
+    )
     p.add_argument("--stacks", default="bootd,anchor")
     p.add_argument("--client-procs", type=int, default=1)
     p.add_argument("--nginx-workers", type=int, default=1)
@@ -80,6 +83,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = scratch_dir()
     make_images(work, sizes)
     _, nbp = make_tftp_root(work, sizes)
+    if args.qemu:
+        try:
+            link_lab_images(work / "images")
+            opts.qemu = args.qemu
+            opts.images = work / "images"
+        except Exception as exc:  # any reason the lab cannot build its images: run without
+            print(f"storm: no QEMU machines: {exc}", file=sys.stderr)
+            args.qemu = 0
     results: dict[str, Any] = {
         "config": {
             "nodes": args.nodes,
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "server": raw["server"],
                 "client": raw["client"],
                 "events": raw["events"],
+                "qemu": raw["qemu"],
             }
     finally:
         if args.keep:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.lab.netns import VethLab
+from bench.storm.machines import QemuNodes
 from bench.storm.node import STAGES
 from bench.storm.stack import Sampler, StormSite
 
@@ -25,7 +26,7 @@ class Stack(Protocol):
 
     name: str
 
-    def start(self, macs: list[str]) -> None: ...
+    def start(self, macs: list[str], iface: str, machines: list[str]) -> None: ...
     def stop(self) -> None: ...
     def pids(self) -> dict[str, list[int]]: ...
 
@@ -43,6 +44,9 @@ class StormOptions:
     timeout: float = 300.0
     seed: int = 7
     show_progress: bool = True
+    qemu: int = 0
+    qemu_timeout: float = 180.0
+    images: Path = Path()
     site: StormSite = field(default_factory=StormSite)
 
 
@@ -162,10 +166,17 @@ def run_storm(lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path) -> 
     try:
         if opts.loss:
             events.append(add_loss(lab, opts.loss))
-        stack.start(macs_for(opts.nodes))
+        qemu = QemuNodes(lab, opts.qemu, workdir / f"qemu-{stack.name}") if opts.qemu else None
+        iface = lab.srv_if
+        if qemu is not None:
+            iface = qemu.plug(opts.site.server_ip, opts.site.prefixlen)
+            qemu.probe(opts.images)
+        stack.start(macs_for(opts.nodes), iface, qemu.macs if qemu else [])
         try:
-            raw = _storm(lab, stack, opts, workdir, events)
+            raw = _storm(lab, stack, opts, workdir, events, qemu)
         finally:
+            if qemu is not None:
+                qemu.stop()
             stack.stop()
         if opts.loss:
             events.append(f"{loss_counts(lab)} packets dropped by the loss rules")
@@ -175,7 +186,12 @@ def run_storm(lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path) -> 
 
 
 def _storm(
-    lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path, events: list[str]
+    lab: VethLab,
+    stack: Stack,
+    opts: StormOptions,
+    workdir: Path,
+    events: list[str],
+    qemu: QemuNodes | None,
 ) -> dict[str, Any]:
     t0 = time.time() + 0.5
     sampler = Sampler(stack.pids(), t0)
@@ -207,6 +223,10 @@ def _storm(
     ]
     for r in readers:
         r.start()
+    if qemu is not None:
+        time.sleep(max(0.0, t0 - time.time()))
+        qemu.power_on()
+        events.append(f"{qemu.count} QEMU machines powered on ({qemu.accel}: {qemu.accel_reason})")
     restarted = False
     deadline = time.monotonic() + opts.timeout
     while any(p.poll() is None for p, _ in procs):
@@ -231,6 +251,7 @@ def _storm(
         r.join(5)
     if opts.show_progress:
         sys.stderr.write("\n")
+    machines = qemu.wait(max(10.0, opts.qemu_timeout - (time.time() - t0))) if qemu else []
     stats = sampler.stop()
     nodes: list[dict[str, Any]] = []
     client: dict[str, float] = {}
@@ -258,6 +279,7 @@ def _storm(
         },
         "server_samples": {name: s.samples for name, s in stats.items()},
         "events": events,
+        "qemu": machines,
     }
 
 
