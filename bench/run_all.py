@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_BENCHES = ("dhcp", "tftp", "http", "cloudinit")
 STORMS: tuple[tuple[str, list[str]], ...] = (
-    ("storm", []),
+    ("storm", ["--repeat", "3"]),
     ("storm-loss2", ["--loss", "2", "--qemu", "0"]),
     ("storm-restart", ["--restart-mid-storm", "--stacks", "bootd", "--qemu", "0"]),
 )

@@ -109,6 +109,11 @@ class _Transfer:
     def _on_timer(self) -> None:
         if self.done.done():
             return
+        # Datagrams may be queued while this process was busy with other nodes: they are
+        # not a timeout (a real machine would have read them), so read before judging.
+        self._on_readable()
+        if self.done.done():
+            return
         idle = time.monotonic() - self.last_rx
         if idle < self.timeout:
             self._timer = self.loop.call_later(self.timeout - idle, self._on_timer)
