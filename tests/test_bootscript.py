@@ -63,7 +63,7 @@ def test_relative_paths_served_by_bootd_and_datasource_added() -> None:
     text = render_script(req(d, ci_token="tok123"))
     assert f"kernel --name kernel {BASE}/images/alma/vmlinuz initrd=initrd console=ttyS0" in text
     assert f"initrd --name initrd {BASE}/images/alma/initramfs.img" in text
-    assert f"ds=nocloud;s={BASE}/cloud-init/" in text
+    assert f"ds=nocloud-net;s={BASE}/cloud-init/" in text
     assert "BOOTIF=x" in text and "BOOTIF=01-" not in text
     assert text.split(" || goto")[0].endswith("bootd_ci_token=tok123")
 

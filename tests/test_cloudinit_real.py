@@ -322,12 +322,6 @@ def test_boot_script_token_opens_the_secure_seed(ci_cfg: dict[str, Any], tmp_pat
 
 
 @needs_cloud_init
-@pytest.mark.xfail(
-    strict=True,
-    reason="bootd/boot/script.py writes ds=nocloud;s=http://…: Debian 12's cloud-init 22.4 then "
-    "reads the seed in dsmode 'local' and its network stage exits before consuming user-data "
-    "('[net] Exiting. datasource … in local mode'); an http seed needs ds=nocloud-net",
-)
 def test_rendered_datasource_runs_in_the_network_stage(
     ci_cfg: dict[str, Any], tmp_path: Path
 ) -> None:

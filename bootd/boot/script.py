@@ -70,7 +70,9 @@ def kernel_cmdline(req: ScriptRequest, data: BootData) -> str:
     if req.nid is not None and not _has(words, "nid="):
         words.append(f"nid={req.nid}")
     if not _has(words, "ds=") and not _has(words, "ochami_ci_url="):
-        words.append(f"ds=nocloud;s={req.base_url}/cloud-init/")
+        # nocloud-net: an http seed must be read in cloud-init's network stage (dsmode net);
+        # plain `nocloud` makes Debian 12's cloud-init skip user-data after the local stage.
+        words.append(f"ds=nocloud-net;s={req.base_url}/cloud-init/")
     if req.ci_token:
         words.append(f"bootd_ci_token={req.ci_token}")
     return " ".join(words)
