@@ -33,8 +33,10 @@ IP_PKTINFO = 8
 SIOCSARP = 0x8955
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
-# Datagrams handled per wake-up before yielding to the loop (ACK commits, HTTP).
-BURST = 256
+# Datagrams handled per wake-up before the burst's ACKs go to the store and the loop
+# runs other work. Small bursts start each group commit sooner: in the 640-client
+# avalanche, 256 gave ~2 s and ~130 resends, 16 gave 0.4-1.0 s and ~15-30 (same run).
+BURST = 16
 SO_TIMESTAMP = 29
 # A request that waited this long in the receive queue is answered to no one: its
 # client has retransmitted (PXE ROMs after 4 s, perfdhcp after 1 s). Skipping it
