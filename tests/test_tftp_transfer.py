@@ -142,12 +142,26 @@ def test_oack_then_window_and_partial_ack() -> None:
     assert t.retransmits == 5
 
 
-def test_retries_are_bounded() -> None:
+def test_retries_are_bounded_with_exponential_backoff() -> None:
     t = make(b"q" * 3000, {}, retries=3)
     t.start(0)
-    for i in range(3):
-        assert blocks_of(t.on_timeout(1.0 + i)) == [1]
-    assert t.on_timeout(4.0) == [] and t.outcome is Outcome.TIMEOUT and t.deadline is None
+    gaps = []
+    for _ in range(3):
+        now = t.deadline
+        assert now is not None
+        assert blocks_of(t.on_timeout(now)) == [1]
+        assert t.deadline is not None
+        gaps.append(t.deadline - now)
+    assert gaps == [2.0, 4.0, 8.0]
+    assert t.on_timeout(t.deadline) == [] and t.outcome is Outcome.TIMEOUT and t.deadline is None
+    # Karn: an ACK for a resent block keeps the backoff; a clean round trip resets it.
+    t2 = make(b"q" * 3000, {})
+    t2.start(0)
+    t2.on_timeout(1.0)
+    t2.receive(encode_ack(1), 1.5)
+    assert t2.deadline == pytest.approx(3.5)
+    t2.receive(encode_ack(2), 1.6)
+    assert t2.deadline == pytest.approx(2.6)
 
 
 def test_tsize_probe_then_error_8_is_a_probe() -> None:
@@ -196,3 +210,16 @@ def test_netascii_conversion_across_block_boundaries() -> None:
         client = LossyClient(blksize, 4, random.Random(blksize), loss=0.1)
         run_link(t, client)
         assert t.outcome is Outcome.OK and bytes(client.got) == expected
+
+
+def test_retransmit_timeout_adapts_to_a_slow_client() -> None:
+    t = make(b"r" * 512 * 40, {"windowsize": "4"})
+    now = 0.0
+    t.start(now)
+    t.receive(encode_ack(0), now)  # the OACK
+    for block in (4, 8, 12):
+        now += 0.9  # each window takes 0.9 s to be acknowledged, no loss
+        t.receive(encode_ack(block), now)
+    assert t.retransmits == 0
+    # 2 x smoothed RTT (0.9 s) beats the 1 s configured timeout: no spurious resend.
+    assert t.deadline is not None and t.deadline - now == pytest.approx(1.8)

@@ -343,7 +343,13 @@ class TftpService:
                 self.ctx.timeline.record(
                     s.mac, "tftp", "end", self.ctx.clock(), t.bytes_sent, detail=s.filename
                 )
-            log.debug("tftp: sent %s to %s, %d bytes", s.filename, s.peer[0], t.bytes_sent)
+            log.debug(
+                "tftp: sent %s to %s, %d bytes in %.2f s",
+                s.filename,
+                s.peer[0],
+                t.bytes_sent,
+                now - s.started_at,
+            )
         elif outcome is Outcome.PROBE:
             log.debug("tftp: %s read the size of %s", s.peer[0], s.filename)  # UEFI does this
         elif outcome is Outcome.ABORTED:

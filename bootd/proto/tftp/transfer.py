@@ -16,6 +16,9 @@ from bootd.proto.tftp.packets import (
     encode_error,
 )
 
+# Retransmit timeouts double up to this multiple of the negotiated timeout.
+MAX_BACKOFF = 8.0
+
 
 class Blocks(Protocol):
     """Numbered DATA payloads; `last` is the final block index once known."""
@@ -58,6 +61,11 @@ class ReadTransfer:
         self._blocks = blocks
         self._retries = retries
         self._tries = 0  # consecutive timeouts without progress
+        self._backoff = 1.0
+        # Smoothed round trip of whole windows (RFC 6298 style, Karn's rule: windows that
+        # carried a retransmission give no sample), so a slow client is not flooded.
+        self._srtt: float | None = None
+        self._window_sent_at: float | None = None
         self._acked = 0  # highest block index acknowledged (unbounded: no 16-bit wrap)
         self._sent = 0  # highest block index ever sent
         self._window_end = 0  # last block index of the window in flight
@@ -79,12 +87,24 @@ class ReadTransfer:
         self.deadline = now + self.params.timeout
         if self.phase is Phase.OACK:
             return [self._oack]
-        return self._send_window(self._acked + 1)
+        return self._send_window(self._acked + 1, now)
 
-    def _send_window(self, first: int) -> list[bytes]:
+    def _rto(self) -> float:
+        base = self.params.timeout
+        if self._srtt is not None:
+            base = min(max(base, 2 * self._srtt), self.params.timeout * MAX_BACKOFF)
+        return base
+
+    def _sample_rtt(self, now: float) -> None:
+        assert self._window_sent_at is not None
+        rtt = now - self._window_sent_at
+        self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
+
+    def _send_window(self, first: int, now: float | None = None) -> list[bytes]:
         last = self._blocks.last
         end = first + self.params.windowsize - 1
         out: list[bytes] = []
+        rtx_before = self.retransmits
         i = first
         while i <= end and (last is None or i <= last):
             pkt = self._blocks.packet(i)
@@ -97,6 +117,8 @@ class ReadTransfer:
             last = self._blocks.last
             i += 1
         self._window_end = i - 1
+        fresh = self.retransmits == rtx_before
+        self._window_sent_at = now if fresh else None
         return out
 
     def fail(self) -> list[bytes]:
@@ -137,8 +159,9 @@ class ReadTransfer:
                 return []
             self.phase = Phase.DATA
             self._tries = 0
-            self.deadline = now + self.params.timeout
-            return self._send_window(1)
+            self._backoff = 1.0
+            self.deadline = now + self._rto() * self._backoff
+            return self._send_window(1, now)
         # Map the 16-bit block number onto the unbounded index, forward from the last
         # ACK: rollover past 65535 then needs no special case.
         ahead = (wire_block - self._acked) & 0xFFFF
@@ -146,16 +169,21 @@ class ReadTransfer:
             # Duplicate or stale ACK: never answer it with data (Sorcerer's Apprentice,
             # RFC 1123 §4.2.3.1); only the timer retransmits.
             return []
+        if self._acked + ahead == self._window_end and self._window_sent_at is not None:
+            self._sample_rtt(now)
+            # Karn: keep the backed-off timeout until a window without retransmissions
+            # comes back, or a storm never learns its real round trip.
+            self._backoff = 1.0
         self._acked += ahead
         self._blocks.release(self._acked)
         self._tries = 0
         if self._blocks.last is not None and self._acked >= self._blocks.last:
             self._finish(Outcome.OK)
             return []
-        self.deadline = now + self.params.timeout
+        self.deadline = now + self._rto() * self._backoff
         # RFC 7440 §4: an ACK inside the window means blocks after it were lost;
         # the next window starts right after the acknowledged block either way.
-        return self._send_window(self._acked + 1)
+        return self._send_window(self._acked + 1, now)
 
     def on_timeout(self, now: float) -> list[bytes]:
         """The deadline passed: resend the OACK or the window, or give up after `retries`."""
@@ -165,8 +193,11 @@ class ReadTransfer:
         if self._tries > self._retries:
             self._finish(Outcome.TIMEOUT)
             return []
-        self.deadline = now + self.params.timeout
+        # RFC 1123 §4.2.3.2: back off exponentially, or a slow client in a storm gets
+        # its windows again and again and the whole link collapses.
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self.deadline = now + self._rto() * self._backoff
         if self.phase is Phase.OACK:
             self.retransmits += 1
             return [self._oack]
-        return self._send_window(self._acked + 1)
+        return self._send_window(self._acked + 1, now)
