@@ -66,6 +66,12 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=r,
         )
+        self.cloudinit_seconds = Histogram(
+            "bootd_cloudinit_seconds",
+            "cloud-init document lookup and rendering time inside bootd (excludes queueing)",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
         self.store_commits = Gauge(
             "bootd_store_commits", "SQLite transactions committed by the group writer", registry=r
         )

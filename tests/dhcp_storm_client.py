@@ -36,7 +36,8 @@ def main() -> None:
         s.sendto(p.encode(), ("255.255.255.255", 67))
 
     servers: dict[int, bytes] = {}
-    while time.monotonic() < end:
+    done = 0
+    while time.monotonic() < end and done < count:
         now = time.monotonic()
         # New clients at ~2000/s; retransmit anything unanswered for 0.5 s.
         for _ in range(20):
@@ -67,6 +68,7 @@ def main() -> None:
             elif p.message_type is MessageType.ACK and cur[0] == "request":
                 out.write(f"{p.mac} {p.yiaddr}\n")
                 state[p.xid] = ("done", p.yiaddr, 0.0)
+                done += 1
             elif p.message_type is MessageType.NAK:
                 state[p.xid] = ("discover", "", 0.0)
     out.close()

@@ -7,9 +7,11 @@ import email
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootd.boot.citoken import TokenIssuer, Verdict, issued_at_ms
-from bootd.boot.cloudinit import GroupData, NodeSeed, parse_defaults, parse_group
+from bootd.boot.cloudinit import GroupData, NodeSeed, dump_yaml, parse_defaults, parse_group
 from bootd.boot.node import Node
 
 MAC = "52:54:00:00:00:01"
@@ -70,7 +72,9 @@ def _seed(**kw: object) -> NodeSeed:
 
 def test_meta_data_shape() -> None:
     s = _seed()
-    md = yaml.safe_load(yaml.safe_dump(s.meta_data()))
+    text = dump_yaml(s.meta_data())
+    assert "&id" not in text and "*id" not in text  # no YAML aliases for operators to decode
+    md = yaml.safe_load(text)
     assert md["instance-id"] == s.instance_id and md["instance-id"].startswith("i-")
     assert md["local-hostname"] == md["hostname"] == "nid0001"
     assert md["cluster-name"] == "demo"
@@ -138,3 +142,12 @@ def test_parse_group_validates() -> None:
         parse_defaults({"nid-length": "3"})
     with pytest.raises(ValueError, match="unknown key"):
         parse_defaults({"clustername": "x"})
+
+
+@given(
+    st.text(max_size=300) | st.from_regex(r"[0-9a-z]{1,12}\.[A-Za-z0-9_\-]{0,60}", fullmatch=True)
+)
+@settings(max_examples=100, deadline=None)
+def test_any_presented_token_gets_a_verdict(token: str) -> None:
+    v = TokenIssuer(b"k" * 32).verify(token, MAC, T0, 1800, None)
+    assert v is not Verdict.OK

@@ -89,6 +89,9 @@ async def test_documents_follow_the_source_ip(ci: Daemon) -> None:
     assert ci.ctx is not None
     tl = ci.ctx.timeline.get(N1.mac)
     assert tl is not None and tl.stages["cloud-init"].detail == "vendor-data"
+    assert tl.stages["cloud-init"].retries == 0 and tl.stages["cloud-init"].end is not None
+    await fetch(ci, "/cloud-init/meta-data", N1.ip or "")  # cloud-init ran again: a retry
+    assert tl.stages["cloud-init"].retries == 1
 
 
 async def test_group_file_passes_through_only_to_members(ci: Daemon) -> None:
@@ -99,6 +102,10 @@ async def test_group_file_passes_through_only_to_members(ci: Daemon) -> None:
     assert (await fetch(ci, "/cloud-init/gpu.yaml", N2.ip or ""))[0] == 404  # not a member
     assert (await fetch(ci, "/cloud-init/gpu.yaml", STRANGER))[0] == 404
     assert (await fetch(ci, "/cloud-init/gpu.yaml", STRANGER, headers=AUTH))[0] == 200
+    # A member's group that is not stored (any more): an empty cloud-config, as OpenCHAMI does.
+    st, _, body = await fetch(ci, "/cloud-init/compute.yaml", N1.ip or "")
+    assert st == 200 and body == b"#cloud-config\n"
+    assert (await fetch(ci, "/cloud-init/compute.yaml", STRANGER, headers=AUTH))[0] == 404
 
 
 async def test_spoofed_forwarded_for_is_ignored_unless_from_trusted_proxy(ci: Daemon) -> None:
@@ -128,6 +135,10 @@ async def test_secure_endpoint(ci: Daemon) -> None:
     st, _, body = await fetch(ci, f"{path}?token={tok}", N1.ip or "")
     assert st == 200 and SECRET.encode() in body
     assert (await fetch(ci, "/cloud-init-secure/meta-data", N1.ip or "", headers=bearer))[0] == 200
+    # The secure files a node reads after its seed extend the stage; they are no retry.
+    stage = ci.ctx.timeline.get(N1.mac)
+    assert stage is not None and stage.stages["cloud-init"].end is not None
+    assert stage.stages["cloud-init"].retries == 0
 
     denied: list[tuple[str, dict[str, str], str]] = [
         ("wrong ip (other node)", bearer, N2.ip or ""),
@@ -268,3 +279,46 @@ async def test_trusted_proxies_follow_a_reload(ci: Daemon, cfg_dict: dict[str, A
     ci.config_path.write_text(yaml.safe_dump(cfg_dict))
     assert await ci.reload()
     assert (await fetch(ci, "/cloud-init/meta-data", PROXY, headers=hdr))[0] == 404
+
+
+async def test_bad_input_is_refused_and_counted(ci: Daemon) -> None:
+    admin = "/cloud-init/admin/groups"
+    st, ctype, body = await fetch(ci, admin, "127.0.0.1", "POST", data=b"{not json", headers=AUTH)
+    assert st == 400 and ctype.startswith("application/problem+json")
+    st, _, body = await fetch(
+        ci, "/cloud-init/admin/cluster-defaults", "127.0.0.1", "POST", json=[1], headers=AUTH
+    )
+    assert st == 422 and b"expected a JSON object" in body
+    big = {"pub_key_rsa": "x" * 20_000}
+    st, _, body = await fetch(ci, "/cloud-init/phone-home/nid0001", N1.ip or "", "POST", data=big)
+    assert st == 400 and b"pub_key_rsa" in body
+    # Garbage X-Forwarded-For from the trusted proxy: answered for the proxy itself (unknown).
+    st, _, _ = await fetch(
+        ci, "/cloud-init/meta-data", PROXY, headers={"X-Forwarded-For": "not-an-ip"}
+    )
+    assert st == 404
+    for tok in ("", "garbage", "a.b.c", "\u00e9.\u00e9"):
+        st, _, _ = await fetch(ci, f"/cloud-init-secure/meta-data?token={tok}", N1.ip or "")
+        assert st == 403
+    metrics = (await fetch(ci, "/metrics", "127.0.0.1"))[2].decode()
+    assert 'protocol="cloud-init-secure",reason="malformed"' in metrics
+    assert 'protocol="cloud-init-secure",reason="missing"' in metrics
+    # The service is still answering.
+    assert (await fetch(ci, "/cloud-init/meta-data", N1.ip or ""))[0] == 200
+
+
+async def test_impersonation_shows_a_nodes_documents_with_the_token(ci: Daemon) -> None:
+    path = f"/cloud-init/admin/impersonation/{N2.xname}/meta-data"
+    assert (await fetch(ci, path, "127.0.0.1"))[0] == 401
+    st, _, body = await fetch(ci, path, "127.0.0.1", headers=AUTH)
+    assert st == 200 and yaml.safe_load(body)["local-hostname"] == "nid0002"
+    assert yaml.safe_load(body)["instance_data"]["v1"]["local_ipv4"] == N2.ip
+    for id_ in (N2.mac, "nid0002", "2"):
+        st, _, vd = await fetch(
+            ci, f"/cloud-init/admin/impersonation/{id_}/vendor-data", "127.0.0.1", headers=AUTH
+        )
+        assert st == 200 and vd.startswith(b"#include"), id_
+    st, _, _ = await fetch(
+        ci, "/cloud-init/admin/impersonation/nobody/meta-data", "127.0.0.1", headers=AUTH
+    )
+    assert st == 404

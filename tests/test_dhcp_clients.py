@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -293,7 +294,7 @@ def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
         bootd.wait_ready()
         storm = subprocess.Popen(
             lab.in_cli(
-                sys.executable, "-m", "tests.dhcp_storm_client", lab.cli_if, "3000", "8", str(acks)
+                sys.executable, "-m", "tests.dhcp_storm_client", lab.cli_if, "2000", "40", str(acks)
             ),
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -327,3 +328,24 @@ def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} ACKed leases not in the DB: {list(missing.items())[:5]}"
     ips = list(db.values())
     assert len(ips) == len(set(ips))
+
+
+def test_proxy_mode_answers_67_and_4011_without_addresses(tmp_path: Path) -> None:
+    lab = VethLab("bdh4").up()
+    cfg = dhcp_config(tmp_path, lab, mode="proxy")
+    bootd = LabBootd(tmp_path, lab, cfg)
+    try:
+        bootd.wait_ready()
+        r = subprocess.run(
+            lab.in_cli(sys.executable, "-m", "tests.dhcp_pxe_probe", lab.cli_if, lab.server_ip),
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr + bootd.log()
+        out = json.loads(r.stdout)
+    finally:
+        bootd.stop()
+        lab.down()
+    assert out["offer"] == {"yiaddr": "0.0.0.0", "file": "ipxe.efi", "vc": "PXEClient"}
+    assert out["ack"] == {"yiaddr": "0.0.0.0", "file": "ipxe.efi", "type": 5}
+    assert leases_in_db(cfg) == []

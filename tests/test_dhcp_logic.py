@@ -364,3 +364,62 @@ def test_raw_unicast_frame_checksums_match_scapy() -> None:
     again = IP(bytes(pkt))
     assert (again.chksum, again[UDP].chksum) == (ours_ip, ours_udp)
     assert bytes(again[UDP].payload) == payload
+
+
+async def test_pending_offers_are_bounded(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases_store, "MAX_PENDING_OFFERS", 2)
+    assert await bench.ask("52:54:00:00:11:01", MessageType.DISCOVER)
+    assert await bench.ask("52:54:00:00:11:02", MessageType.DISCOVER)
+    assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER) is None
+    assert bench.ctx.metrics.dhcp_messages.labels("discover", "overload")._value.get() == 1
+    bench.now += 31  # the first two expire and make room
+    assert await bench.ask("52:54:00:00:11:03", MessageType.DISCOVER)
+
+
+async def test_service_counts_packets_from_another_interface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket adapter checks IP_PKTINFO; here the 'right' interface is one that does not exist."""
+    import asyncio
+    import socket
+
+    from bootd.daemon import Daemon
+    from tests.helpers import base_config, free_port
+
+    port = free_port(socket.SOCK_DGRAM)
+    cfg = base_config(tmp_path, dhcp={"enabled": True, "port": port}, http={"enabled": False})
+    d = Daemon(parse_config(cfg))
+    await d.start()
+    try:
+        svc = d.services[0]
+        # INFORM from ciaddr 127.0.0.1: the answer is unicast back to loopback, never broadcast.
+        inform = DhcpPacket(ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}).encode()
+        answered = d.metrics.dhcp_messages.labels("inform", "ack")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(inform, ("127.0.0.1", port))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if answered._value.get():
+                    break
+            assert answered._value.get() == 1
+            svc._ifindex = 10_000  # type: ignore[attr-defined]
+            s.sendto(inform, ("127.0.0.1", port))
+            wrong = d.metrics.malformed.labels("dhcp", "wrong-interface")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if wrong._value.get():
+                    break
+            assert wrong._value.get() == 1
+            assert answered._value.get() == 1
+            # Requests that waited in the queue past STALE_AFTER are skipped and counted.
+            svc._ifindex = None  # type: ignore[attr-defined]
+            monkeypatch.setattr("bootd.dhcp.service.STALE_AFTER", -1.0)
+            s.sendto(inform, ("127.0.0.1", port))
+            stale = d.metrics.dhcp_messages.labels("any", "stale")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if stale._value.get():
+                    break
+            assert stale._value.get() == 1 and answered._value.get() == 1
+    finally:
+        await d.stop()

@@ -190,3 +190,56 @@ def test_rate_limited_log_suppresses_and_counts(caplog: pytest.LogCaptureFixture
         rl.warning("other", "different")
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["bad packet from x", "different"]
+
+
+def test_metrics_move_with_tftp_and_http_traffic(cfg_dict: dict[str, Any], tmp_path: Path) -> None:
+    cfg_dict["tftp"]["enabled"] = True
+    (Path(cfg_dict["tftp"]["root"]) / "ipxe.efi").write_bytes(b"x" * 100_000)
+    (Path(cfg_dict["http"]["images"]) / "vmlinuz").write_bytes(b"k" * 200_000)
+    path = write_config(tmp_path, cfg_dict)
+    proc = BootdProcess(path, cfg_dict)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(proc.url + "/metrics", timeout=10) as r:
+            fams = text_string_to_metric_families(r.read().decode())
+            out: dict[str, float] = {}
+            for fam in fams:
+                for smp in fam.samples:
+                    key = smp.name + "".join(f",{k}={v}" for k, v in sorted(smp.labels.items()))
+                    out[key] = smp.value
+            return out
+
+    try:
+        proc.wait_ready()
+        port = cfg_dict["tftp"]["port"]
+        out = tmp_path / "o"
+        subprocess.run(
+            ["curl", "-sSf", "-o", str(out), f"tftp://127.0.0.1:{port}/ipxe.efi"],
+            check=True,
+            timeout=30,
+        )
+        subprocess.run(
+            ["curl", "-sSf", "-o", str(out), f"tftp://127.0.0.1:{port}/missing"], timeout=30
+        )
+        subprocess.run(
+            ["curl", "-sSf", "-o", str(out), proc.url + "/images/vmlinuz"], check=True, timeout=30
+        )
+        # A truncated TFTP request is malformed input: counted, never fatal.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"\x00\x01ab", ("127.0.0.1", port))
+        time.sleep(0.5)
+        m = scrape()
+    finally:
+        assert proc.stop() == 0
+    assert m["bootd_tftp_bytes_total"] >= 100_000
+    assert sum(v for k, v in m.items() if k.startswith("bootd_tftp_transfers_total")) >= 2
+    assert m.get("bootd_tftp_errors_total,code=1", 0) >= 1
+    assert sum(v for k, v in m.items() if k.startswith("bootd_http_bytes_total")) >= 200_000
+    assert (
+        sum(
+            v
+            for k, v in m.items()
+            if k.startswith("bootd_malformed_input_total") and "protocol=tftp" in k
+        )
+        >= 1
+    )

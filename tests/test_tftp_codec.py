@@ -90,7 +90,11 @@ _packets = st.one_of(
     ),
     st.builds(Data, st.integers(0, 65535), st.binary(max_size=1500)),
     st.builds(Ack, st.integers(0, 65535)),
-    st.builds(Error, st.integers(0, 8), st.text(st.characters(min_codepoint=1), max_size=40)),
+    st.builds(
+        Error,
+        st.integers(0, 8),
+        st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",)), max_size=40),
+    ),
     st.builds(OptionAck, st.dictionaries(_name.map(str.lower), _name, max_size=4)),
 )
 

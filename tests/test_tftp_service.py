@@ -306,3 +306,46 @@ async def test_single_port_mode(cfg_dict: dict[str, Any], root: Path, tmp_path: 
     finally:
         await d.stop()
     assert sample(d, "bootd_tftp_transfers_total", result="ok") == 8
+
+
+def test_window_sender_groups_equal_runs() -> None:
+    from bootd.tftp.sender import WindowSender
+
+    sent: list[tuple[bytes, int | None]] = []
+
+    class FakeSock:
+        def sendto(self, d: bytes, peer: object) -> None:
+            sent.append((d, None))
+
+        def sendmsg(self, bufs: list[bytes], anc: list[tuple[int, int, bytes]], *a: object) -> None:
+            sent.append((bufs[0], int.from_bytes(anc[0][2], "little")))
+
+    w = WindowSender()
+    grams = [b"s" * 10, b"a" * 100, b"b" * 100, b"c" * 40, b"d" * 100]
+    assert w.send(FakeSock(), grams, ("x", 1))  # type: ignore[arg-type]
+    # A shorter datagram may end a run, a longer one never joins it.
+    assert sent == [
+        (b"s" * 10, None),
+        (b"a" * 100 + b"b" * 100 + b"c" * 40, 100),
+        (b"d" * 100, None),
+    ]
+    sent.clear()
+    assert w.send(FakeSock(), [b"x" * 1472] * 100, ("x", 1))  # type: ignore[arg-type]
+    assert [len(d) // 1472 for d, _ in sent] == [44, 44, 12]  # 64 KB per send at most
+
+
+async def test_unreadable_file_ends_that_transfer_only(
+    tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootd.tftp.files import SharedFile
+
+    def eio(self: SharedFile, offset: int, length: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(SharedFile, "read", eio)
+    r = await fetch(addr(tftpd), "sub/exact.bin")
+    assert not r.ok and r.error.startswith("error 0")
+    assert sample(tftpd, "bootd_tftp_transfers_total", result="error") == 1
+    assert sample(tftpd, "bootd_tftp_active_transfers") == 0
+    monkeypatch.undo()
+    assert (await fetch(addr(tftpd), "sub/exact.bin")).ok

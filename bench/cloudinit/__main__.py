@@ -16,16 +16,15 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.cloudinit.peers import free_port, start_aiohttp_floor, start_nginx, stop, wait_http
 from bench.cloudinit.storm import DOCS, build_client, fnv1a64, storm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,12 +35,6 @@ TARGET_P99_MS = 20.0
 def node_ip(i: int) -> str:
     """127.0.20.1 … : every node its own loopback source address."""
     return f"127.0.{20 + i // 250}.{1 + i % 250}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api(port: int, method: str, path: str, body: Any = None, src: str = "127.0.0.1") -> bytes:
@@ -56,22 +49,6 @@ def api(port: int, method: str, path: str, body: Any = None, src: str = "127.0.0
     if r.status >= 300:
         raise RuntimeError(f"{method} {path}: HTTP {r.status} {data[:200]!r}")
     return data
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", path)
-            conn.getresponse().read()
-            conn.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"no answer on port {port}")
 
 
 def write_bootd_config(work: Path, n: int) -> int:
@@ -166,56 +143,25 @@ def snapshot_seeds(port: int, n: int, root: Path) -> dict[str, dict[str, bytes]]
     return seeds
 
 
-def start_nginx(work: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"user root; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err; daemon off;\n"
-        "events { worker_connections 4096; }\n"
-        "http { access_log off; sendfile on; tcp_nopush on; default_type text/plain;\n"
-        f"  server {{ listen 127.0.0.1:{port} backlog=4096;\n"
-        f"    location /cloud-init/ {{ root {root}/$remote_addr; }} }} }}\n"
-    )
-    proc = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    wait_http(port, "/", proc)
-    return proc, port
+def service_buckets(port: int) -> dict[float, float]:
+    """bootd_cloudinit_seconds cumulative bucket counts from /metrics (le → count)."""
+    text = api(port, "GET", "/metrics").decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("bootd_cloudinit_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
-AIOHTTP_FLOOR = """
-import sys
-from pathlib import Path
-from aiohttp import web
-root, port = Path(sys.argv[1]), int(sys.argv[2])
-seeds = {(d.parent.parent.name, d.name): d.read_bytes() for d in root.glob("*/cloud-init/*")}
-async def doc(request):
-    body = seeds.get((request.remote, request.match_info["doc"]))
-    if body is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=body, content_type="text/plain")
-app = web.Application()
-app.router.add_get("/cloud-init/{doc}", doc)
-web.run_app(app, host="127.0.0.1", port=port, access_log=None, backlog=4096, print=None)
-"""
-
-
-def start_aiohttp_floor(work: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A bare aiohttp app answering from a dict by source IP: the framework's own ceiling."""
-    port = free_port()
-    script = work / "aiohttp_floor.py"
-    script.write_text(AIOHTTP_FLOOR)
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(port)])
-    wait_http(port, "/", proc)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """Upper bound of the bucket holding the 99th percentile of what happened in between."""
+    diff = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = diff[-1][1] if diff else 0.0
+    for le, count in diff:
+        if total and count >= 0.99 * total:
+            return round(le * 1000, 3)
+    return float("nan")
 
 
 def run_rounds(
@@ -225,6 +171,7 @@ def run_rounds(
     rounds: int,
     digests: dict[tuple[int, str], str],
     spread_ms: float,
+    in_server: bool = False,
 ) -> list[dict[str, Any]]:
     """`rounds` storms with every node at once, then one with starts spread over spread_ms."""
 
@@ -234,9 +181,16 @@ def run_rounds(
     out: list[dict[str, Any]] = []
     plan = [("burst", 0.0)] * rounds + ([("spread", spread_ms)] if spread_ms > 0 else [])
     for k, (scenario, spread) in enumerate(plan):
+        before = service_buckets(port) if in_server else {}
         r = storm(client, "127.0.0.1", port, ips, "/cloud-init/", expected, spread)
-        out.append({"scenario": scenario, "round": k + 1, "spread_ms": spread, **r.summary(),
-                    "errors_sample": r.errors[:5]})  # fmt: skip
+        row: dict[str, Any] = {"scenario": scenario, "round": k + 1, "spread_ms": spread}
+        row.update(r.summary())
+        if in_server:
+            # Time inside bootd's cloud-init handler (lookup, render, timeline): the rest of
+            # the client's latency is queueing in the kernel and the HTTP framework.
+            row["in_bootd_p99_ms"] = bucket_p99_ms(before, service_buckets(port))
+        row["errors_sample"] = r.errors[:5]
+        out.append(row)
     return out
 
 
@@ -277,7 +231,7 @@ def main() -> None:
         # Restarted: the first storm renders every document (cold), later ones hit the cache.
         bootd = start_bootd(work, bport)
         try:
-            bootd_runs = run_rounds(client, bport, ips, args.rounds, digests, args.spread_ms)
+            bootd_runs = run_rounds(client, bport, ips, args.rounds, digests, args.spread_ms, True)
         finally:
             stop(bootd)
         if shutil.which("nginx"):
@@ -332,7 +286,8 @@ def print_table(results: dict[str, Any]) -> None:
                 label += " cold"
             if r["scenario"] == "spread":
                 label = f"spread {r['spread_ms']:.0f}ms"
-            print(f"{server:<14}{label:<14}" + "".join(f"{r[c]:>12}" for c in cols))
+            extra = f"   in-bootd p99 ≤ {r['in_bootd_p99_ms']} ms" if "in_bootd_p99_ms" in r else ""
+            print(f"{server:<14}{label:<14}" + "".join(f"{r[c]:>12}" for c in cols) + extra)
     for scenario in ("burst", "spread"):
         s = results.get(scenario)
         if s:

@@ -1,7 +1,8 @@
 """HTTP bench: bootd vs nginx (sendfile on) on loopback, same files, same run.
 
 1. Image storm: wrk with N connections, each fetching kernel, initrd and rootfs in turn;
-   aggregate throughput of both servers and bootd's peak RSS (VmRSS sampled).
+   aggregate throughput and server CPU per GB of bootd, nginx and (as the reference for
+   what asyncio sendfile can do) stock aiohttp FileResponse; bootd's peak RSS (VmRSS).
 2. Boot scripts: 10,000 nodes stored, N concurrent connections asking for random nodes;
    wrk's latency percentiles (plus one connection alone, the pure service time).
 
@@ -213,6 +214,26 @@ class Nginx:
         self.proc.wait(10)
 
 
+class FileResponseServer:
+    """Stock aiohttp FileResponse on the same files: what bootd's sendfile path should match."""
+
+    def __init__(self, images: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.http.fileresponse", str(images), str(port)], cwd=REPO
+        )
+        for _ in range(100):
+            if subprocess.run(["curl", "-sf", "-o", "/dev/null", self.url + "/images/vmlinuz"],
+                              timeout=5).returncode == 0:  # fmt: skip
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the FileResponse reference server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def start_bootd(tmp: Path, images: Path, state: Path) -> BootdProcess:
     cfg: dict[str, Any] = {
         "address": "127.0.0.1",
@@ -233,7 +254,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=640)
     ap.add_argument("--seconds", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating runs per server")
     ap.add_argument("--kernel-mb", type=int, default=8)
     ap.add_argument("--initrd-mb", type=int, default=32)
     ap.add_argument("--rootfs-mb", type=int, default=64)
@@ -249,15 +270,17 @@ def main() -> int:
         asyncio.run(seed_nodes(state, a.nodes))
         bootd = start_bootd(tmp, images, state)
         nginx = Nginx(tmp, images, free_port())
+        ref = FileResponseServer(images, free_port())
         try:
             results["bootd_rss_idle_mb"] = rss_kb(bootd.proc.pid) / 1024
-            storms: dict[str, list[dict[str, Any]]] = {"bootd": [], "nginx": []}
+            storms: dict[str, list[dict[str, Any]]] = {"bootd": [], "nginx": [], "aiohttp": []}
             sampler = RssSampler(bootd.proc.pid)
             sampler.start()
             for _ in range(a.rounds):
                 for name, url, pid in (
                     ("bootd", bootd.url, bootd.proc.pid),
                     ("nginx", nginx.url, nginx.proc.pid),
+                    ("aiohttp", ref.url, ref.proc.pid),
                 ):
                     cpu0 = cpu_seconds(pid)
                     run = wrk(url, STORM_LUA, a.clients, a.seconds, tmp)
@@ -294,10 +317,13 @@ def main() -> int:
             )
             results["bootd_rss_after_mb"] = rss_kb(bootd.proc.pid) / 1024
         finally:
+            ref.stop()
             nginx.stop()
             bootd.stop()
     b, n = results["bootd_storm"]["gb_per_s"], results["nginx_storm"]["gb_per_s"]
     results["throughput_ratio"] = b / n if n else 0.0
+    f = results["aiohttp_storm"]["gb_per_s"]
+    results["vs_fileresponse_ratio"] = b / f if f else 0.0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -309,10 +335,12 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("image storm, bootd GB/s", f"{r['bootd_storm']['gb_per_s']:.2f}", "", ""),
         ("image storm, nginx GB/s", f"{r['nginx_storm']['gb_per_s']:.2f}", "", ""),
+        ("image storm, aiohttp FileResponse GB/s", f"{r['aiohttp_storm']['gb_per_s']:.2f}", "", ""),
         ("throughput bootd/nginx (mean)", f"{r['throughput_ratio']:.2f}x", ">= 0.95x",
          "ok" if r["throughput_ratio"] >= 0.95 else "MISS"),
         ("server CPU s per GB, bootd", f"{r['bootd_storm']['cpu_s_per_gb']:.3f}", "", ""),
         ("server CPU s per GB, nginx", f"{r['nginx_storm']['cpu_s_per_gb']:.3f}", "", ""),
+        ("throughput bootd/FileResponse", f"{r['vs_fileresponse_ratio']:.2f}x", "", ""),
         ("bootd peak RSS MB", f"{r['bootd_rss_peak_mb']:.0f}", "< 150",
          "ok" if r["bootd_rss_peak_mb"] < 150 else "MISS"),
         (f"bootscript p99 ms, {r['clients']} conns", f"{s640['p99_ms'] or -1:.2f}", "< 5",
@@ -325,7 +353,7 @@ def print_table(r: dict[str, Any]) -> None:
     ]  # fmt: skip
     print(f"HTTP bench: {r['clients']} clients, {r['seconds']} s per run, sizes {r['sizes_mb']} MB")
     for row in rows:
-        print(f"  {row[0]:<34} {row[1]:>10}  {row[2]:>9}  {row[3]}")
+        print(f"  {row[0]:<40} {row[1]:>10}  {row[2]:>9}  {row[3]}")
     print(f"  per-round bootd/nginx ratios: {r['round_ratios']}")
     errs = r["bootd_storm"]["non_2xx"] + r["nginx_storm"]["non_2xx"] + s640["non_2xx"]
     if errs:

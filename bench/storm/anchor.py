@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.lab.netns import VethLab
 from bench.storm.images import INITRD, KERNEL, NBP_BIOS, NBP_UEFI, ROOTFS
+from bench.storm.machines import LAB_IMAGES, machine_params
 from bench.storm.stack import StackUnavailable, StormSite, wait_http
 
 NGINX_CONF = """user root; worker_processes {workers}; pid {d}/nginx.pid; error_log {d}/nginx.err;
@@ -22,6 +24,7 @@ http {{
     location /boot/ {{ alias {d}/boot/; }}
     location /cloud-init/ {{ alias {d}/cloud-init/; }}
     location /phone-home/ {{ return 200 "ok\\n"; }}
+    location ~ ^/cloud-init/.+/phone-home/ {{ return 200 "ok\\n"; }}
   }}
 }}
 """
@@ -44,15 +47,30 @@ def script_for(site: StormSite, mac: str) -> str:
     )
 
 
-def render_static(site: StormSite, root: Path, macs: list[str]) -> None:
+def machine_script(site: StormSite, mac: str) -> str:
+    """A real QEMU machine's script: the lab's kernel, initrd and live root."""
+    base = site.base_url
+    params = machine_params(base, f"{base}/cloud-init/{mac}/")
+    return (
+        "#!ipxe\n"
+        f"kernel {base}/images/{LAB_IMAGES}/vmlinuz initrd=initrd.img {params}\n"
+        f"initrd {base}/images/{LAB_IMAGES}/initrd.img\n"
+        "boot\n"
+    )
+
+
+def render_static(
+    site: StormSite, root: Path, macs: Sequence[str], machines: Sequence[str] = ()
+) -> None:
     """boot/boot.ipxe (chains to ${mac}), boot/<mac>.ipxe, cloud-init/<mac>/{meta,user,vendor}."""
     boot = root / "boot"
     boot.mkdir(parents=True, exist_ok=True)
     # dnsmasq cannot put the MAC in the URL; the usual trick is a static script that
     # chains with iPXE's own ${net0/mac} expansion.
     (boot / "boot.ipxe").write_text(f"#!ipxe\nchain {site.base_url}/boot/${{net0/mac}}.ipxe\n")
-    for i, mac in enumerate(macs, 1):
-        (boot / f"{mac}.ipxe").write_text(script_for(site, mac))
+    for i, mac in enumerate([*macs, *machines], 1):
+        script = machine_script(site, mac) if mac in machines else script_for(site, mac)
+        (boot / f"{mac}.ipxe").write_text(script)
         ci = root / "cloud-init" / mac
         ci.mkdir(parents=True, exist_ok=True)
         iid = "i-" + mac.replace(":", "")
@@ -89,9 +107,9 @@ class AnchorStack:
         self.nginx_workers = nginx_workers
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, macs: list[str]) -> None:
+    def start(self, macs: list[str], iface: str, machines: list[str]) -> None:
         """Render the static files and start both daemons."""
-        render_static(self.site, self.dir, macs)
+        render_static(self.site, self.dir, macs, machines)
         (self.dir / "nginx.conf").write_text(
             NGINX_CONF.format(
                 d=self.dir,
@@ -106,7 +124,7 @@ class AnchorStack:
         self._spawn(
             "dnsmasq",
             "dnsmasq", "--keep-in-foreground", "--user=root", "--port=0",
-            f"--interface={self.lab.srv_if}", "--bind-interfaces", "--no-ping",
+            f"--interface={iface}", "--bind-interfaces", "--no-ping",
             f"--dhcp-range={pool[0]},{pool[1]},{self.site.netmask},1h",
             "--dhcp-lease-max=100000", f"--dhcp-leasefile={self.dir}/dnsmasq.leases",
             "--dhcp-authoritative", "--quiet-dhcp", "--quiet-tftp",

@@ -14,6 +14,7 @@ import yaml
 
 from bench.lab.netns import VethLab
 from bench.storm.images import INITRD, KERNEL, ROOTFS
+from bench.storm.machines import LAB_IMAGES, machine_params
 from bench.storm.stack import StackUnavailable, StormSite, http_get, http_status, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,12 +22,12 @@ TOKEN = "storm-token"
 
 
 def bootd_config(
-    lab: VethLab, site: StormSite, workdir: Path, images: Path, tftp: Path
+    iface: str, site: StormSite, workdir: Path, images: Path, tftp: Path
 ) -> dict[str, Any]:
     """The serve config: every service on the lab's server address."""
     (workdir / "api-token").write_text(TOKEN + "\n")
     return {
-        "interface": lab.srv_if,
+        "interface": iface,
         "address": site.server_ip,
         "state_dir": str(workdir / "state"),
         "shutdown_grace": 2,
@@ -70,11 +71,13 @@ class BootdStack:
         self.config_path = workdir / "bootd.yaml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.machines: list[str] = []
 
-    def start(self, macs: list[str]) -> None:
+    def start(self, macs: list[str], iface: str, machines: list[str]) -> None:
         """Start bootd and check every part the storm needs; raises StackUnavailable."""
+        self.machines = machines
         self.config_path.write_text(
-            yaml.safe_dump(bootd_config(self.lab, self.site, self.dir, self.images, self.tftp))
+            yaml.safe_dump(bootd_config(iface, self.site, self.dir, self.images, self.tftp))
         )
         self._spawn()
         try:
@@ -112,7 +115,17 @@ class BootdStack:
             except ValueError:
                 down = [body[:200]]
             missing.append(f"services {', '.join(down)} (/healthz {status})")
-        status = self._post_with_bearer()
+        status = self._post_with_bearer(boot_parameters(self.site))
+        if self.machines and status in (200, 201, 204):
+            base = self.site.base_url
+            status = self._post_with_bearer(
+                {
+                    "macs": self.machines,
+                    "kernel": f"{LAB_IMAGES}/vmlinuz",
+                    "initrd": f"{LAB_IMAGES}/initrd.img",
+                    "params": machine_params(base, f"{base}/cloud-init/"),
+                }
+            )
         if status not in (200, 201, 204):
             missing.append(f"BSS API (POST /boot/v1/bootparameters → {status})")
         if http_status(self.lab, f"{base}/images/{KERNEL}", "HEAD") != 200:
@@ -134,13 +147,13 @@ class BootdStack:
         if missing:
             raise StackUnavailable("bootd on this branch lacks: " + "; ".join(missing))
 
-    def _post_with_bearer(self) -> int:
+    def _post_with_bearer(self, payload: dict[str, Any]) -> int:
         r = subprocess.run(
             self.lab.in_srv(
                 "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
                 "-X", "POST", "-H", f"Authorization: Bearer {TOKEN}",
                 "-H", "Content-Type: application/json",
-                "--data-binary", json.dumps(boot_parameters(self.site)),
+                "--data-binary", json.dumps(payload),
                 f"{self.site.base_url}/boot/v1/bootparameters",
             ),
             capture_output=True, text=True,

@@ -105,6 +105,12 @@ class DhcpPort:
                 continue
             w[2].set_result(reply)
 
+    def _expire(self, fut: asyncio.Future[Reply]) -> None:
+        # A reply queued while this process was busy is not a lost one: read it first.
+        self._on_readable()
+        if not fut.done():
+            fut.cancel()
+
     def _send(self, pkt: bytes) -> None:
         assert self._sock is not None
         try:
@@ -121,7 +127,7 @@ class DhcpPort:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
         self._waiting[xid] = (mac, types, fut)
-        timer = loop.call_later(timeout, lambda: fut.done() or fut.cancel())
+        timer = loop.call_later(timeout, self._expire, fut)
         try:
             return await fut
         except asyncio.CancelledError:

@@ -102,6 +102,7 @@ class NodeBoot:
         self.rec = NodeRecord(spec.mac, spec.arch, spec.power_on)
         self.ip = ""
         self.last_fetch_error = ""
+        self.reported: set[str] = set()  # stages already counted in the live progress
 
     def now(self) -> float:
         return time.time() - self.env.t0
@@ -110,12 +111,11 @@ class NodeBoot:
         self.rec.stages.setdefault(stage, [self.now(), -1.0])
 
     def end(self, stage: str, nbytes: int = 0) -> None:
-        times = self.rec.stages.setdefault(stage, [self.now(), -1.0])
-        first = times[1] < 0
-        times[1] = self.now()
+        self.rec.stages.setdefault(stage, [self.now(), -1.0])[1] = self.now()
         if nbytes:
             self.rec.nbytes[stage] = self.rec.nbytes.get(stage, 0) + nbytes
-        if first:
+        if stage not in self.reported:
+            self.reported.add(stage)
             self.env.on_stage(stage, "end")
 
     def retry(self, stage: str) -> Callable[[str], None]:
@@ -137,7 +137,7 @@ class NodeBoot:
                     if attempt + 1 == self.env.policy.boot_attempts:
                         raise
                     self.rec.retries.append((exc.stage, f"reboot: {exc.reason}"))
-                    for s in ("tftp", "dhcp-ipxe", "bootscript", "kernel", "initrd"):
+                    for s in ("dhcp", "tftp", "dhcp-ipxe", "bootscript", "kernel", "initrd"):
                         self.rec.stages.pop(s, None)
             stage = "dhcp-linux"
             await self.linux(spec)

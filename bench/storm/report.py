@@ -129,6 +129,15 @@ def markdown(results: dict[str, Any]) -> str:
             out += ["", "Failures:", *(f"- {n} × {k}" for k, n in s["failures"].items())]
         if s["retries"]:
             out += ["", "Retries:", *(f"- {n} × {k}" for k, n in s["retries"].items())]
+        if len(r.get("rounds", [])) > 1:
+            out += ["", f"Rounds (time to last boot, s; the median round is shown): {r['rounds']}"]
+        if r.get("qemu"):
+            out += ["", "Real QEMU machines in the same storm:"]
+            for m in r["qemu"]:
+                tail = f" — {' | '.join(m['console_tail'])}" if m["console_tail"] else ""
+                out.append(
+                    f"- {m['name']} ({m['firmware']}, {m['accel']}): {m['result']} in {m['seconds']} s{tail}"
+                )
         if r.get("events"):
             out += ["", "Events:", *(f"- {e}" for e in r["events"])]
     return "\n".join(out) + "\n"

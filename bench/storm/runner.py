@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.lab.netns import VethLab
+from bench.storm.machines import QemuNodes
 from bench.storm.node import STAGES
 from bench.storm.stack import Sampler, StormSite
 
@@ -25,7 +26,7 @@ class Stack(Protocol):
 
     name: str
 
-    def start(self, macs: list[str]) -> None: ...
+    def start(self, macs: list[str], iface: str, machines: list[str]) -> None: ...
     def stop(self) -> None: ...
     def pids(self) -> dict[str, list[int]]: ...
 
@@ -43,6 +44,9 @@ class StormOptions:
     timeout: float = 300.0
     seed: int = 7
     show_progress: bool = True
+    qemu: int = 0
+    qemu_timeout: float = 180.0
+    images: Path = Path()
     site: StormSite = field(default_factory=StormSite)
 
 
@@ -54,14 +58,68 @@ def macs_for(nodes: int) -> list[str]:
     ]
 
 
-def add_loss(lab: VethLab, pct: float) -> None:
-    """tc netem loss on both ends of the veth (a queue long enough for TCP bursts)."""
-    for ns, dev in ((lab.srv, lab.srv_if), (lab.cli, lab.cli_if)):
+def add_loss(lab: VethLab, pct: float) -> str:
+    """Random loss on both ends of the veth: tc netem, or nftables where netem is not built.
+
+    Returns how the loss was applied (for the results).
+    """
+    ends = ((lab.srv, lab.srv_if), (lab.cli, lab.cli_if))
+    netem = [
         subprocess.run(
-            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
-             "loss", f"{pct}%", "limit", "100000"],
-            check=True, capture_output=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "netem",
+                "loss",
+                f"{pct}%",
+                "limit",
+                "100000",
+            ],
+            capture_output=True,
+        ).returncode
+        for ns, dev in ends
+    ]
+    if netem == [0, 0]:
+        return f"tc netem loss {pct}% on both veth ends"
+    # This kernel lacks sch_netem: drop at each end's ingress hook instead, before the IP
+    # stack sees the packet, which is what loss on the wire looks like to both sides.
+    for ns, dev in ends:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
+            capture_output=True,
+        )
+        rules = (
+            "add table netdev bstloss\n"
+            f'add chain netdev bstloss in {{ type filter hook ingress device "{dev}" priority 0 ; }}\n'
+            f"add rule netdev bstloss in numgen random mod 100000 lt {round(pct * 1000)} counter drop\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=rules.encode(), check=True, capture_output=True,
         )  # fmt: skip
+    return f"nftables ingress drop {pct}% on both veth ends (no sch_netem in this kernel)"
+
+
+def loss_counts(lab: VethLab) -> int:
+    """Packets the nftables loss rules dropped (0 with netem, which has no such counter here)."""
+    total = 0
+    for ns in (lab.srv, lab.cli):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "list", "table", "netdev", "bstloss"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        for word, nxt in zip(r.stdout.split(), r.stdout.split()[1:], strict=False):
+            if word == "packets":
+                total += int(nxt)
+    return total
 
 
 class Progress:
@@ -107,19 +165,33 @@ def run_storm(lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path) -> 
     lab.up()
     try:
         if opts.loss:
-            add_loss(lab, opts.loss)
-            events.append(f"netem loss {opts.loss}% on both veth ends")
-        stack.start(macs_for(opts.nodes))
+            events.append(add_loss(lab, opts.loss))
+        qemu = QemuNodes(lab, opts.qemu, workdir / f"qemu-{stack.name}") if opts.qemu else None
+        iface = lab.srv_if
+        if qemu is not None:
+            iface = qemu.plug(opts.site.server_ip, opts.site.prefixlen)
+            qemu.probe(opts.images)
+        stack.start(macs_for(opts.nodes), iface, qemu.macs if qemu else [])
         try:
-            return _storm(lab, stack, opts, workdir, events)
+            raw = _storm(lab, stack, opts, workdir, events, qemu)
         finally:
+            if qemu is not None:
+                qemu.stop()
             stack.stop()
+        if opts.loss:
+            events.append(f"{loss_counts(lab)} packets dropped by the loss rules")
+        return raw
     finally:
         lab.down()
 
 
 def _storm(
-    lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path, events: list[str]
+    lab: VethLab,
+    stack: Stack,
+    opts: StormOptions,
+    workdir: Path,
+    events: list[str],
+    qemu: QemuNodes | None,
 ) -> dict[str, Any]:
     t0 = time.time() + 0.5
     sampler = Sampler(stack.pids(), t0)
@@ -151,6 +223,10 @@ def _storm(
     ]
     for r in readers:
         r.start()
+    if qemu is not None:
+        time.sleep(max(0.0, t0 - time.time()))
+        qemu.power_on()
+        events.append(f"{qemu.count} QEMU machines powered on ({qemu.accel}: {qemu.accel_reason})")
     restarted = False
     deadline = time.monotonic() + opts.timeout
     while any(p.poll() is None for p, _ in procs):
@@ -175,6 +251,7 @@ def _storm(
         r.join(5)
     if opts.show_progress:
         sys.stderr.write("\n")
+    machines = qemu.wait(max(10.0, opts.qemu_timeout - (time.time() - t0))) if qemu else []
     stats = sampler.stop()
     nodes: list[dict[str, Any]] = []
     client: dict[str, float] = {}
@@ -202,6 +279,7 @@ def _storm(
         },
         "server_samples": {name: s.samples for name, s in stats.items()},
         "events": events,
+        "qemu": machines,
     }
 
 

@@ -78,7 +78,8 @@ class _Transfer:
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.last_rx = time.monotonic()
         self.last_sent = b""
-        self.timeouts = 0
+        self.timeouts = 0  # all of this transfer's timeouts, for the results
+        self.silent = 0  # timeouts since the last packet arrived: firmware gives up on these
         self.handler: Callable[[memoryview, int], None] = lambda v, n: None
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
         self._timer = self.loop.call_later(timeout, self._on_timer)
@@ -108,12 +109,18 @@ class _Transfer:
     def _on_timer(self) -> None:
         if self.done.done():
             return
+        # Datagrams may be queued while this process was busy with other nodes: they are
+        # not a timeout (a real machine would have read them), so read before judging.
+        self._on_readable()
+        if self.done.done():
+            return
         idle = time.monotonic() - self.last_rx
         if idle < self.timeout:
             self._timer = self.loop.call_later(self.timeout - idle, self._on_timer)
             return
         self.timeouts += 1
-        if self.timeouts > self.retries:
+        self.silent += 1
+        if self.silent > self.retries:
             self.fail(f"timeout after {self.retries} retransmissions")
             return
         self.last_rx = time.monotonic()
@@ -154,6 +161,7 @@ class _Transfer:
             self.handler(view, n)
         if got:
             self.last_rx = time.monotonic()
+            self.silent = 0
 
 
 async def probe_tsize(
@@ -251,7 +259,7 @@ async def fetch(
     try:
         await t.done
     finally:
-        if t.timeouts:
-            on_retry(f"tftp timeout x{t.timeouts}")
+        for _ in range(t.timeouts):
+            on_retry("tftp timeout")
         t.close()
     return st.bytes

@@ -85,7 +85,6 @@ class _Fetch:
             elif addr != self.peer:
                 self.sock.sendto(b"\0\5\0\5unknown transfer ID\0", addr)
                 continue
-            self.last_rx = time.monotonic()
             self.handle(pkt)
             if self.done.done():
                 return
@@ -98,6 +97,7 @@ class _Fetch:
                 fields[i].decode().lower(): fields[i + 1].decode()
                 for i in range(0, len(fields) - 1, 2)
             }
+            self.last_rx = time.monotonic()
             self.blksize = int(self.granted.get("blksize", 512))
             self.windowsize = int(self.granted.get("windowsize", 1))
             self.ack(0)
@@ -111,6 +111,8 @@ class _Fetch:
                     self.in_window = 0
                     self.ack(self.expected - 1)
                 return
+            # The idle timer measures progress: old duplicates must not keep it quiet.
+            self.last_rx = time.monotonic()
             self.hasher.update(payload)
             if self.keep is not None:
                 self.keep += payload
@@ -124,6 +126,7 @@ class _Fetch:
                 self.in_window = 0
                 self.ack(block)
         elif op == 5:
+            self.last_rx = time.monotonic()
             code = pkt[2] << 8 | pkt[3] if len(pkt) >= 4 else -1
             message = pkt[4:].split(b"\0")[0].decode(errors="replace")
             self.finish(f"error {code}: {message}")

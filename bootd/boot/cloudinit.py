@@ -296,7 +296,7 @@ class NodeSeed:
             "cluster-name": cluster,
         }
         if keys:
-            md["public-keys"] = keys
+            md["public-keys"] = list(keys)  # a copy: a shared list would dump as a YAML alias
         md["instance_data"] = {"v1": v1}
         return md
 

@@ -169,6 +169,20 @@ def register(cli: click.Group) -> None:
             client.ok("PUT", path, _load_mapping(file_))
         _echo_json(client.ok("GET", path))
 
+    @ci.command("show")
+    @click.argument("node_id", metavar="ID")
+    @click.option(
+        "--doc",
+        type=click.Choice(["meta-data", "user-data", "vendor-data", "network-config"]),
+        default="meta-data",
+        show_default=True,
+    )
+    @pass_client
+    def show(client: ApiClient, node_id: str, doc: str) -> None:
+        """The document a node would be sent (ID: MAC, xname, hostname or nid)."""
+        out = client.ok("GET", f"{ADMIN}/impersonation/{_q(node_id)}/{doc}")
+        click.echo(out, nl=not str(out).endswith("\n"))
+
     @ci.command("phone-home")
     @click.argument("mac")
     @pass_client

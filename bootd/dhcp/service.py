@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import struct
+import time
 
 from bootd.config import Config
 from bootd.context import Context, StartupError
@@ -34,7 +35,12 @@ ATF_COM = 0x02
 ARPHRD_ETHER = 1
 # Datagrams handled per wake-up before yielding to the loop (ACK commits, HTTP).
 BURST = 256
-_PKTINFO_SPACE = socket.CMSG_SPACE(12)
+SO_TIMESTAMP = 29
+# A request that waited this long in the receive queue is answered to no one: its
+# client has retransmitted (PXE ROMs after 4 s, perfdhcp after 1 s). Skipping it
+# after a stall lets the fresh requests through instead of a cascade of late replies.
+STALE_AFTER = 2.0
+_CMSG_SPACE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(16)
 
 
 class DhcpService:
@@ -56,6 +62,7 @@ class DhcpService:
         ctx.extras["dhcp"] = self
         self.stages = build_stages(ctx, self.leases)
         self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send)
+        self.handler.auto_flush = False
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
         self._raw: RawSender | None = None
@@ -79,6 +86,7 @@ class DhcpService:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, cfg.dhcp.rcvbuf)
             except PermissionError:
@@ -130,16 +138,29 @@ class DhcpService:
             raise
 
     def _readable(self, sock: socket.socket, port: int) -> None:
+        try:
+            self._read_burst(sock, port)
+        finally:
+            self.handler.flush()
+
+    def _read_burst(self, sock: socket.socket, port: int) -> None:
         for _ in range(BURST):
             try:
-                data, anc, _flags, addr = sock.recvmsg(4096, _PKTINFO_SPACE)
+                data, anc, _flags, addr = sock.recvmsg(4096, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._log.warning("dhcp:recv", "dhcp: receive failed: %s", exc)
                 return
-            if self._ifindex is not None and not self._on_interface(anc):
+            ifindex, arrived = self._ancillary(anc)
+            if self._ifindex is not None and ifindex is not None and ifindex != self._ifindex:
                 self.handler.malformed("wrong-interface", "arrived on another interface", addr)
+                continue
+            if arrived is not None and time.time() - arrived > STALE_AFTER:
+                self.ctx.metrics.dhcp_messages.labels("any", "stale").inc()
+                self._log.warning(
+                    "dhcp:stale", "dhcp: skipped requests older than %.0fs (overload)", STALE_AFTER
+                )
                 continue
             try:
                 self.handler.handle(data, addr, port)
@@ -147,11 +168,18 @@ class DhcpService:
                 self.ctx.metrics.malformed.labels("dhcp", "internal-error").inc()
                 log.exception("dhcp: internal error handling a packet from %s", addr[0])
 
-    def _on_interface(self, anc: list[tuple[int, int, bytes]]) -> bool:
+    @staticmethod
+    def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
+        """(arrival interface index, kernel receive time) from IP_PKTINFO and SO_TIMESTAMP."""
+        ifindex: int | None = None
+        arrived: float | None = None
         for level, kind, value in anc:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 4:
-                return bool(struct.unpack_from("i", value)[0] == self._ifindex)
-        return True
+                ifindex = struct.unpack_from("i", value)[0]
+            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= 16:
+                sec, usec = struct.unpack_from("qq", value)
+                arrived = sec + usec / 1e6
+        return ifindex, arrived
 
     def _send(self, wire: bytes, dest: Destination) -> None:
         if not self._socks:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
 from typing import Any
 
 from aiohttp import web
@@ -14,16 +13,14 @@ from bootd.boot.citoken import Verdict
 from bootd.boot.cloudinit import (
     NodeSeed,
     dump_yaml,
-    parse_defaults,
-    parse_group,
-    parse_instance_info,
 )
 from bootd.boot.node import Node, normalize_mac
 from bootd.config import Config
 from bootd.context import Context
+from bootd.http.cloudinit_admin import add_admin_routes, bearer_ok, json_body
 from bootd.http.problem import ProblemError, check_bearer, problem, read_token
 from bootd.logs import RateLimitedLog
-from bootd.store.cloudinit import CloudInitStore, store_of
+from bootd.store.cloudinit import store_of
 
 log = logging.getLogger("bootd.cloudinit")
 
@@ -111,6 +108,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
     cache: dict[tuple[str, str], tuple[int, Config, Node, str, bytes]] = {}
     bytes_plain = ctx.metrics.http_bytes.labels("/cloud-init")
     bytes_secure = ctx.metrics.http_bytes.labels("/cloud-init-secure")
+    service_time = ctx.metrics.cloudinit_seconds
 
     def seed(ip: str, node: Node) -> NodeSeed:
         info = store.info_for(node.mac, node.xname, node.hostname)
@@ -158,15 +156,22 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
     def answer(doc: str, mac: str, body: bytes, secure: bool) -> web.Response:
         detail = f"secure {doc}" if secure else doc
-        ctx.timeline.record(mac, "cloud-init", "event", ctx.clock(), len(body), detail)
+        # The public meta-data is what cloud-init reads first: it opens the stage, so another
+        # in the same boot is a retry. Every other file (secure ones too, which a node reads
+        # after its seed) extends the stage.
+        event = "start" if doc == "meta-data" and not secure else "end"
+        ctx.timeline.record(mac, "cloud-init", event, ctx.clock(), len(body), detail)
         (bytes_secure if secure else bytes_plain).inc(len(body))
         ctype = "application/yaml" if doc in ("meta-data", "network-config") else "text/plain"
         return web.Response(body=body, content_type=ctype, charset="utf-8")
 
     async def nocloud(request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
         doc = request.match_info["doc"]
         ip, node = require_node(request)
-        return answer(doc, node.mac, render(doc, ip, node, False), False)
+        resp = answer(doc, node.mac, render(doc, ip, node, False), False)
+        service_time.observe(time.perf_counter() - t0)
+        return resp
 
     async def secure(request: web.Request) -> web.Response:
         doc = request.match_info["doc"]
@@ -203,16 +208,18 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         g = store.groups.get(name)
         found = resolver.node(request)
         member = found is not None and name in found[1].groups
-        if not member and not _bearer_ok(request, ctx):
+        if not member and not bearer_ok(request, ctx):
             raise ProblemError(404, "Unknown group", f"no group {name!r} for this node")
-        if g is None:
+        if g is None and not member:
             raise ProblemError(404, "Unknown group", f"no group {name!r}")
+        # A member's group with nothing stored (deleted after its vendor-data was read) is an
+        # empty cloud-config, as OpenCHAMI answers, so the node's #include does not fail.
+        body = g.content if g is not None else b"#cloud-config\n"
         if found is not None:
-            ctx.timeline.record(
-                found[1].mac, "cloud-init", "event", ctx.clock(), len(g.content), f"{name}.yaml"
-            )
+            mac = found[1].mac
+            ctx.timeline.record(mac, "cloud-init", "end", ctx.clock(), len(body), f"{name}.yaml")
         # Passed through as written: a `## template: jinja` file is rendered by cloud-init.
-        return web.Response(body=g.content, content_type="text/plain", charset="utf-8")
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def phone_home(request: web.Request) -> web.Response:
         ip, node = require_node(request)
@@ -233,11 +240,35 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         log.info("%s phoned home from %s", node.name, ip, extra={"mac": node.mac})
         return web.json_response({"status": "ok", "instance-id": s.instance_id})
 
-    _admin_routes(app, ctx, store)
+    async def impersonate(request: web.Request) -> web.Response:
+        """What a node would be sent (OpenCHAMI's impersonation API); needs the API token."""
+        check_bearer(request, read_token(ctx.config.api.token_file))
+        node = _node_by_id(ctx, request.match_info["id"])
+        if node is None:
+            raise ProblemError(404, "Unknown node", f"no node {request.match_info['id']!r}")
+        ip = ctx.leases.ip_for_mac(node.mac) or node.ip or ""
+        doc = request.match_info["doc"]
+        body = render(doc, ip, node, False)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    add_admin_routes(app, ctx, store)
+    app.router.add_get(f"/cloud-init/admin/impersonation/{{id}}/{DOCS}", impersonate)
     app.router.add_get(f"/cloud-init/{DOCS}", nocloud)
     app.router.add_get(f"/cloud-init-secure/{DOCS}", secure)
     app.router.add_get("/cloud-init/{group:[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}}.yaml", group_file)
     app.router.add_post("/cloud-init/phone-home/{id}", phone_home)
+
+
+def _node_by_id(ctx: Context, id_: str) -> Node | None:
+    """A node by MAC, xname, hostname or nid."""
+    try:
+        return ctx.nodes.by_mac(normalize_mac(id_))
+    except ValueError:
+        pass
+    node = ctx.nodes.by_name(id_)
+    if node is None and id_.isdigit():
+        node = ctx.nodes.by_nid(int(id_))
+    return node
 
 
 def _presented_token(request: web.Request) -> str | None:
@@ -247,19 +278,11 @@ def _presented_token(request: web.Request) -> str | None:
     return request.query.get("token") or None
 
 
-def _bearer_ok(request: web.Request, ctx: Context) -> bool:
-    try:
-        check_bearer(request, read_token(ctx.config.api.token_file))
-    except ProblemError:
-        return False
-    return True
-
-
 async def _phone_home_fields(request: web.Request) -> dict[str, str]:
     """cloud-init posts a form; JSON is accepted too. Only known string fields are kept."""
     raw: Any
     if request.content_type == "application/json":
-        raw = await _json_body(request)
+        raw = await json_body(request)
         if not isinstance(raw, dict):
             raise ProblemError(400, "Bad phone-home", "expected a JSON object")
     else:
@@ -272,124 +295,3 @@ async def _phone_home_fields(request: web.Request) -> dict[str, str]:
                 raise ProblemError(400, "Bad phone-home", f"{key}: longer than {MAX_FIELD_LEN}")
             out[key] = value
     return out
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, "Bad JSON", str(exc)) from None
-
-
-def _valid(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except ValueError as exc:
-        raise ProblemError(422, "Invalid data", str(exc)) from None
-
-
-def _admin_routes(app: web.Application, ctx: Context, store: CloudInitStore) -> None:
-    """OpenCHAMI cloud-init admin API; writes need the API token, reads hide secrets."""
-    base = "/cloud-init/admin"
-
-    def write_guard(request: web.Request) -> None:
-        check_bearer(request, read_token(ctx.config.api.token_file))
-
-    async def list_groups(request: web.Request) -> web.Response:
-        reveal = _bearer_ok(request, ctx)
-        return web.json_response({n: g.to_json(reveal) for n, g in sorted(store.groups.items())})
-
-    async def add_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        body = await _json_body(request)
-        g = _valid(lambda: parse_group(body))
-        if not await store.put_group(g, create_only=True):
-            raise ProblemError(409, "Group exists", f"group {g.name!r} exists; PUT to replace it")
-        return web.Response(status=201, headers={"Location": f"{base}/groups/{g.name}"})
-
-    async def get_group(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        g = store.groups.get(name)
-        if g is None:
-            raise ProblemError(404, "Unknown group", f"no group {name!r}")
-        return web.json_response(g.to_json(_bearer_ok(request, ctx)))
-
-    async def put_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        name = request.match_info["name"]
-        body = await _json_body(request)
-        g = _valid(lambda: parse_group(body, name))
-        await store.put_group(g)
-        return web.Response(status=201, headers={"Location": f"{base}/groups/{g.name}"})
-
-    async def delete_group(request: web.Request) -> web.Response:
-        write_guard(request)
-        name = request.match_info["name"]
-        if not await store.delete_group(name):
-            raise ProblemError(404, "Unknown group", f"no group {name!r}")
-        return web.json_response({"deleted": name})
-
-    async def get_defaults(_: web.Request) -> web.Response:
-        return web.json_response(dict(store.defaults))
-
-    async def set_defaults(request: web.Request) -> web.Response:
-        write_guard(request)
-        body = await _json_body(request)
-        await store.set_defaults(_valid(lambda: parse_defaults(body)))
-        return web.Response(status=201)
-
-    def info_id(request: web.Request) -> str:
-        raw = request.match_info["id"]
-        try:
-            return normalize_mac(raw)
-        except ValueError:
-            return raw
-
-    async def get_info(request: web.Request) -> web.Response:
-        id_ = info_id(request)
-        info = store.info(id_)
-        if info is None:
-            raise ProblemError(404, "Unknown instance", f"no instance info for {id_!r}")
-        return web.json_response(dict(info))
-
-    async def put_info(request: web.Request) -> web.Response:
-        write_guard(request)
-        id_ = info_id(request)
-        body = await _json_body(request)
-        await store.set_info(id_, _valid(lambda: parse_instance_info(body, id_)))
-        return web.Response(status=201)
-
-    async def delete_info(request: web.Request) -> web.Response:
-        write_guard(request)
-        id_ = info_id(request)
-        if not await store.delete_info(id_):
-            raise ProblemError(404, "Unknown instance", f"no instance info for {id_!r}")
-        return web.json_response({"deleted": id_})
-
-    async def get_phone_home(request: web.Request) -> web.Response:
-        raw = request.match_info["mac"]
-        try:
-            mac = normalize_mac(raw)
-        except ValueError as exc:
-            raise ProblemError(400, "Bad MAC", str(exc)) from None
-        ph = store.phoned_home(mac)
-        if ph is None:
-            raise ProblemError(404, "No phone-home", f"{mac} has not phoned home")
-        return web.json_response({"mac": ph.mac, "time": ph.t, **ph.data})
-
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
-        ("GET", "/groups", list_groups),
-        ("POST", "/groups", add_group),
-        ("GET", "/groups/{name}", get_group),
-        ("PUT", "/groups/{name}", put_group),
-        ("DELETE", "/groups/{name}", delete_group),
-        ("GET", "/cluster-defaults", get_defaults),
-        ("POST", "/cluster-defaults", set_defaults),
-        ("PUT", "/cluster-defaults", set_defaults),
-        ("GET", "/instance-info/{id}", get_info),
-        ("PUT", "/instance-info/{id}", put_info),
-        ("DELETE", "/instance-info/{id}", delete_info),
-        ("GET", "/phone-home/{mac}", get_phone_home),
-    ]
-    for method, path, handler in routes:
-        app.router.add_route(method, base + path, handler)

@@ -88,6 +88,7 @@ class LeaseTable:
         self._offered: dict[str, str] = {}  # ip → mac
         self._quarantine: dict[str, float] = {}  # ip → until
         self._cursor: dict[tuple[int, int], int] = {}
+        self._full_until: dict[tuple[int, int], float] = {}  # one entry per configured pool
         self.offers_refused = 0
 
     def load(self) -> None:
@@ -155,8 +156,10 @@ class LeaseTable:
 
     def allocate(self, mac: str, first: int, last: int, now: float) -> str | None:
         """A free address of the pool first..last, scanning from where the last scan ended."""
-        size = last - first + 1
         key = (first, last)
+        if self._full_until.get(key, 0.0) > now:
+            return None
+        size = last - first + 1
         start = self._cursor.get(key, first)
         for i in range(size):
             n = first + (start - first + i) % size
@@ -164,19 +167,26 @@ class LeaseTable:
             if self.is_free(ip, mac, now):
                 self._cursor[key] = n + 1 if n < last else first
                 return ip
+        # A full pool is scanned at most once a second: a DISCOVER flood must not
+        # turn every packet into a walk over the whole range.
+        self._full_until[key] = now + 1.0
         return None
 
     def hold_offer(self, mac: str, ip: str, now: float, timeout: float) -> bool:
         """Reserve `ip` for `mac` until the offer times out; False if the offer table is full."""
         self.drop_offer(mac)
+        # Offers share one timeout, so the oldest (first inserted) expire first.
+        while self._offers:
+            oldest = next(iter(self._offers))
+            oip, until = self._offers[oldest]
+            if until > now:
+                break
+            del self._offers[oldest]
+            if self._offered.get(oip) == oldest:
+                del self._offered[oip]
         if len(self._offers) >= MAX_PENDING_OFFERS:
-            for m, (oip, until) in list(self._offers.items()):
-                if until <= now:
-                    del self._offers[m]
-                    self._offered.pop(oip, None)
-            if len(self._offers) >= MAX_PENDING_OFFERS:
-                self.offers_refused += 1
-                return False
+            self.offers_refused += 1
+            return False
         self._offers[mac] = (ip, now + timeout)
         self._offered[ip] = mac
         return True
@@ -227,6 +237,7 @@ class LeaseTable:
         if lease is None or lease.ip != ip:
             return False
         lease.expires = now
+        self._full_until.clear()
         self._db.write_nowait(
             lambda c: c.execute(
                 "UPDATE dhcp_leases SET expires = ?, updated = ? WHERE mac = ?", (now, now, mac)

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import struct
 
@@ -29,7 +30,8 @@ from bootd.proto.tftp.packets import (
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import GENERATED, FileCache, SharedFile, ipxe_chain_script
 from bootd.tftp.jail import Refused, jailed_path
-from bootd.tftp.session import DRAIN_BATCH, Address, Session
+from bootd.tftp.sender import WindowSender
+from bootd.tftp.session import Address, Session
 
 log = logging.getLogger("bootd.tftp")
 
@@ -38,6 +40,8 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks 
 TICK = 0.05
 # A storm's RRQs (and, in single-port mode, every ACK) land on one socket.
 LISTEN_RCVBUF = 4 << 20
+# Datagrams read from the listening socket per wakeup, so it cannot starve transfers.
+DRAIN_BATCH = 64
 
 
 class TftpService:
@@ -49,6 +53,7 @@ class TftpService:
         self.ctx = ctx
         self.cfg = ctx.config.tftp
         self.buffer = bytearray(65536)
+        self.sender = WindowSender()
         self._files = FileCache()
         # Transfers in flight by client address. Bounded by tftp.max_transfers, checked
         # before every insert: that is what keeps sockets and timers finite in a storm.
@@ -57,6 +62,10 @@ class TftpService:
         self._port = self.cfg.port
         self._single_port = self.cfg.single_port
         self._sweeper: asyncio.Task[None] | None = None
+        # TID sockets live in their own epoll set, itself watched by the event loop: one
+        # loop wakeup then serves every ready transfer without a handle per socket.
+        self._tids = select.epoll()
+        self._by_fd: dict[int, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warn = RateLimitedLog(log)
         self._stopping = False
@@ -91,6 +100,7 @@ class TftpService:
             raise StartupError(f"tftp: cannot bind UDP port {self._port}: {exc}") from None
         self._sock = sock
         self._loop.add_reader(sock.fileno(), self._on_listen_readable)
+        self._loop.add_reader(self._tids.fileno(), self._on_tids_readable)
         self._sweeper = self._loop.create_task(self._sweep())
 
     def listening(self) -> list[str]:
@@ -126,6 +136,9 @@ class TftpService:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self._loop is not None:
+            self._loop.remove_reader(self._tids.fileno())
+        self._tids.close()
         self._files.close()
 
     async def _sweep(self) -> None:
@@ -135,7 +148,26 @@ class TftpService:
             for s in list(self._sessions.values()):
                 d = s.transfer.deadline
                 if d is not None and d <= now:
-                    s.on_timeout(now)
+                    try:
+                        s.on_timeout(now)
+                    except OSError as exc:
+                        self._read_failed(s, exc, now)
+
+    def _read_failed(self, s: Session, exc: OSError, now: float) -> None:
+        self._warn.warning(
+            f"read-{s.filename}", "tftp: cannot read %s: %s; ending its transfers", s.filename, exc
+        )
+        s.fail(now)
+
+    def _on_tids_readable(self) -> None:
+        now, by_fd = self.now(), self._by_fd
+        for fd, _ in self._tids.poll(0, len(by_fd) or 1):
+            s = by_fd.get(fd)
+            if s is not None:
+                try:
+                    s.on_readable(now)
+                except OSError as exc:
+                    self._read_failed(s, exc, now)
 
     def _on_listen_readable(self) -> None:
         assert self._sock is not None
@@ -159,7 +191,10 @@ class TftpService:
 
     def _on_listen_datagram(self, data: bytes, addr: Address, local_ip: str, now: float) -> None:
         if self._single_port and (s := self._sessions.get(addr)) is not None:
-            s.datagram(data, now)
+            try:
+                s.datagram(data, now)
+            except OSError as exc:
+                self._read_failed(s, exc, now)
             return
         if len(data) > MAX_REQUEST:
             self.malformed("oversized")
@@ -204,7 +239,12 @@ class TftpService:
         netascii = req.mode == "netascii"
         limits = Limits(cfg.max_blksize, cfg.max_windowsize, cfg.timeout, cfg.retries)
         params = negotiate(req.options, limits, None if netascii else source.size)
-        blocks = (NetasciiBlocks if netascii else OctetBlocks)(source, params.blksize)
+        blocks: NetasciiBlocks | OctetBlocks
+        if netascii:
+            blocks = NetasciiBlocks(source, params.blksize)
+        else:
+            shared = file.packets(params.blksize) if file is not None else None
+            blocks = OctetBlocks(source, params.blksize, shared)
         try:
             sock = self._sock if self._single_port else self._tid_socket(local_ip)
         except OSError as exc:
@@ -217,8 +257,14 @@ class TftpService:
         transfer = ReadTransfer(blocks, params, cfg.retries)
         s = Session(sock, not self._single_port, addr, transfer, req.filename, mac, file, self)
         self._sessions[addr] = s
+        if s.own_socket:
+            self._by_fd[sock.fileno()] = s
+            self._tids.register(sock.fileno(), select.EPOLLIN)
         self.ctx.metrics.tftp_active.set(len(self._sessions))
-        s.start(now)
+        try:
+            s.start(now)
+        except OSError as exc:
+            self._read_failed(s, exc, now)
 
     def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
         root = self.cfg.root
@@ -278,6 +324,10 @@ class TftpService:
         """Close the TID, release the file, count the outcome."""
         if self._sessions.pop(s.peer, None) is None:
             return
+        if s.own_socket:
+            fd = s.sock.fileno()
+            self._tids.unregister(fd)
+            del self._by_fd[fd]
         s.close()
         if s.file is not None:
             self._files.release(s.file)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from typing import Protocol
@@ -10,22 +9,18 @@ from typing import Protocol
 from bootd.proto.tftp.packets import MAX_REQUEST, TftpDecodeError
 from bootd.proto.tftp.transfer import Outcome, Phase, ReadTransfer
 from bootd.tftp.files import SharedFile
+from bootd.tftp.sender import WindowSender
 
 log = logging.getLogger("bootd.tftp")
 
 Address = tuple[str, int]
-# Datagrams read per wakeup, so one busy transfer cannot starve the others.
-DRAIN_BATCH = 64
 
 
 class SessionOwner(Protocol):
     """What a session reports to its service (metrics, timeline, unknown TIDs)."""
 
     buffer: bytearray
-
-    def now(self) -> float:
-        """Monotonic time for deadlines."""
-        ...
+    sender: WindowSender
 
     def data_started(self, s: Session, now: float) -> None:
         """The first DATA went out (after the OACK was acknowledged, if any)."""
@@ -73,30 +68,25 @@ class Session:
         self.started_at = 0.0
 
     def start(self, now: float) -> None:
-        """Send the OACK or the first window; watch our own TID socket."""
+        """Send the OACK or the first window."""
         self.started_at = now
-        if self.own_socket:
-            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
         self._send(self.transfer.start(now))
         self._after(Phase.OACK, now)
 
-    def _on_readable(self) -> None:
+    def on_readable(self, now: float) -> None:
+        """Our TID socket is readable: take one datagram (the poller calls again if more)."""
         buf = self.owner.buffer
-        now = self.owner.now()
-        for _ in range(DRAIN_BATCH):
-            try:
-                n, addr = self.sock.recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
-                continue
-            if addr != self.peer:
-                self.owner.unknown_tid(self.sock, addr, n)
-                continue
-            self.datagram(bytes(buf[:n]), now)
-            if self.transfer.done:
-                return
+        try:
+            n, addr = self.sock.recvfrom_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
+            return
+        if addr != self.peer:
+            self.owner.unknown_tid(self.sock, addr, n)
+            return
+        self.datagram(bytes(buf[:n]), now)
 
     def datagram(self, data: bytes, now: float) -> None:
         """A datagram from our peer."""
@@ -117,21 +107,27 @@ class Session:
         self._send(self.transfer.on_timeout(now))
         self._after(self.transfer.phase, now)
 
+    def fail(self, now: float) -> None:
+        """Reading the file failed (EIO, a vanished NFS mount): end this transfer only."""
+        self._send(self.transfer.fail())
+        self._after(self.transfer.phase, now)
+
     def _send(self, datagrams: list[bytes]) -> None:
-        sendto = self.sock.sendto
-        peer = self.peer
-        for d in datagrams:
-            try:
-                sendto(d, peer)
-            except (BlockingIOError, InterruptedError):
-                # Send buffer full: like a lost packet, the retransmit timer recovers it.
-                return
-            except OSError as exc:
-                log.debug("tftp: send to %s:%d failed: %s", *peer, exc)
-                return
-        if datagrams and datagrams[-1][1] == 5:
-            code = datagrams[-1][3]
-            self.owner.error_sent(code)
+        if not datagrams:
+            return
+        if len(datagrams) > 1:
+            self.owner.sender.send(self.sock, datagrams, self.peer)
+        else:
+            # Lockstep (windowsize 1) is the hot path: one datagram, straight out (and no
+            # contextlib.suppress, which costs a context manager per packet).
+            try:  # noqa: SIM105
+                self.sock.sendto(datagrams[0], self.peer)
+            except OSError:
+                # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
+                pass
+        last = datagrams[-1]
+        if last[1] == 5:
+            self.owner.error_sent(last[3])
 
     def _after(self, before: Phase, now: float) -> None:
         t = self.transfer
@@ -143,8 +139,6 @@ class Session:
     def close(self) -> None:
         """Release the socket (our own TID only)."""
         if self.own_socket:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
 

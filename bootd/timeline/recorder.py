@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from bootd.store.db import Database, Migration
@@ -46,6 +46,9 @@ class TimelineRecorder:
         # True while every MAC with rows in SQLite is also in memory (after load(),
         # until an eviction): then a MAC not in memory has no boots yet, no query needed.
         self._complete = False
+        # Event rows waiting for the writer; deque: appended on the loop, drained on the writer.
+        self._rows: deque[tuple[str, int, str, str, float, int, str]] = deque()
+        self._job_queued = False
 
     def load(self) -> None:
         """Rebuild each node's latest boot from SQLite."""
@@ -80,17 +83,27 @@ class TimelineRecorder:
             self._nodes.popitem(last=False)
             self._complete = False
         tl.record(stage, event, now, nbytes, detail)
-        row = (mac, tl.boot_id, stage, event, now, nbytes, detail)
-        self._db.write_nowait(
-            lambda c: c.execute(
-                "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-        )
+        self._rows.append((mac, tl.boot_id, stage, event, now, nbytes, detail))
+        if not self._job_queued:
+            self._job_queued = True
+            self._db.write_nowait(self._write_rows)
         if self._observer is not None:
             self._observer(tl, stage, event, now)
         return tl
+
+    def _write_rows(self, conn: sqlite3.Connection) -> None:
+        # Runs on the writer thread. One job takes every row recorded until it runs, so a
+        # storm's thousands of events become one executemany; rows recorded after the job
+        # was queued still precede any write queued after them (barriers keep working).
+        self._job_queued = False
+        rows = []
+        while self._rows:
+            rows.append(self._rows.popleft())
+        conn.executemany(
+            "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def _next_boot_id(self, mac: str) -> int:
         rows = self._db.read("SELECT MAX(boot_id) FROM boot_events WHERE mac = ?", (mac,))

@@ -95,21 +95,23 @@ def parse_option_area(
 
 def encode_options(options: dict[int, bytes]) -> bytearray:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
-    parts: list[bytes] = []
+    out = bytearray()
     for code, value in options.items():
         if code in (_PAD, _END):
             continue
         n = len(value)
         if n <= 255:
-            parts.append(bytes((code, n)))
-            parts.append(value)
+            out.append(code)
+            out.append(n)
+            out += value
             continue
         for start in range(0, n, 255):
             chunk = value[start : start + 255]
-            parts.append(bytes((code, len(chunk))))
-            parts.append(chunk)
-    parts.append(b"\xff")
-    return bytearray(b"".join(parts))
+            out.append(code)
+            out.append(len(chunk))
+            out += chunk
+    out.append(_END)
+    return out
 
 
 def ip_bytes(ip: str) -> bytes:

@@ -30,6 +30,8 @@ MAX_LEN = 65507
 BOOTREQUEST = 1
 BOOTREPLY = 2
 BROADCAST_FLAG = 0x8000
+# Option 53 byte → MessageType without the (slow) Enum call on the hot path.
+_MESSAGE_TYPES = {int(m): m for m in MessageType}
 ZERO_IP = "0.0.0.0"
 
 
@@ -61,13 +63,10 @@ class DhcpPacket:
     @property
     def message_type(self) -> MessageType | None:
         """Option 53, or None for plain BOOTP or an unknown value."""
-        v = self.options.get(Opt.MESSAGE_TYPE)
+        v = self.options.get(53)
         if not v or len(v) != 1:
             return None
-        try:
-            return MessageType(v[0])
-        except ValueError:
-            return None
+        return _MESSAGE_TYPES.get(v[0])
 
     @property
     def broadcast(self) -> bool:

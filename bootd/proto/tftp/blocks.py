@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bootd.proto.tftp.packets import encode_data
+
 
 class ByteSource(Protocol):
     """Random-access read-only bytes (a pread'd file, or bytes in memory)."""
@@ -37,16 +39,31 @@ class MemorySource:
 class OctetBlocks:
     """Block i (1-based) is the bytes at (i-1)*blksize; a short (maybe empty) block ends it."""
 
-    def __init__(self, source: ByteSource, blksize: int) -> None:
+    def __init__(
+        self, source: ByteSource, blksize: int, shared: list[bytes | None] | None = None
+    ) -> None:
         self._src = source
         self._blksize = blksize
         # RFC 1350 §6: a block shorter than blksize ends the transfer, so an exact
         # multiple needs one more, empty, block.
         self.last: int | None = source.size // blksize + 1
+        # DATA packets depend only on (file, blksize, index): transfers of the same file
+        # may share one list of them, filled as the first transfer reads.
+        self._shared = shared if shared is not None and len(shared) == self.last else None
 
     def block(self, index: int) -> bytes:
         """Payload of block `index`."""
         return self._src.read((index - 1) * self._blksize, self._blksize)
+
+    def packet(self, index: int) -> bytes:
+        """The DATA datagram for block `index`."""
+        shared = self._shared
+        if shared is None:
+            return encode_data(index, self.block(index))
+        pkt = shared[index - 1]
+        if pkt is None:
+            pkt = shared[index - 1] = encode_data(index, self.block(index))
+        return pkt
 
     def release(self, upto: int) -> None:
         """Blocks ≤ upto will not be asked for again (nothing to free here)."""
@@ -82,6 +99,10 @@ class NetasciiBlocks:
         if len(payload) < self._blksize:
             self.last = index
         return payload
+
+    def packet(self, index: int) -> bytes:
+        """The DATA datagram for block `index`."""
+        return encode_data(index, self.block(index))
 
     def release(self, upto: int) -> None:
         """Forget start points of acknowledged blocks."""

@@ -13,7 +13,6 @@ from bootd.proto.tftp.packets import (
     OptionAck,
     decode,
     encode,
-    encode_data,
     encode_error,
 )
 
@@ -23,8 +22,8 @@ class Blocks(Protocol):
 
     last: int | None
 
-    def block(self, index: int) -> bytes:
-        """Payload of block `index` (1-based)."""
+    def packet(self, index: int) -> bytes:
+        """DATA datagram of block `index` (1-based)."""
         ...
 
     def release(self, upto: int) -> None:
@@ -48,6 +47,7 @@ class Outcome(Enum):
     ABORTED = "aborted"  # client sent an ERROR mid-transfer
     TIMEOUT = "timeout"
     ILLEGAL = "illegal"  # client sent something other than ACK/ERROR
+    ERROR = "error"  # the server could not go on (the file became unreadable)
 
 
 class ReadTransfer:
@@ -87,17 +87,24 @@ class ReadTransfer:
         out: list[bytes] = []
         i = first
         while i <= end and (last is None or i <= last):
-            payload = self._blocks.block(i)
-            out.append(encode_data(i, payload))
+            pkt = self._blocks.packet(i)
+            out.append(pkt)
             if i > self._sent:
                 self._sent = i
-                self.bytes_sent += len(payload)
+                self.bytes_sent += len(pkt) - 4
             else:
                 self.retransmits += 1
             last = self._blocks.last
             i += 1
         self._window_end = i - 1
         return out
+
+    def fail(self) -> list[bytes]:
+        """The server cannot continue: end the transfer and tell the client (error 0)."""
+        if self.done:
+            return []
+        self._finish(Outcome.ERROR)
+        return [encode_error(ErrorCode.NOT_DEFINED, "server error reading the file")]
 
     def _finish(self, outcome: Outcome) -> None:
         self.phase = Phase.DONE

@@ -1,0 +1,66 @@
+"""Send a window of DATA to one peer; equal-size runs go out as one UDP GSO send."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+
+log = logging.getLogger("bootd.tftp")
+
+SOL_UDP = 17
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux ≥ 4.18; Python 3.11 lacks the name
+# Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and one IP datagram.
+MAX_SEGMENTS = 64
+MAX_GSO_BYTES = 65507
+_GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+
+
+class WindowSender:
+    """Turns a list of datagrams into as few syscalls as the kernel allows."""
+
+    def __init__(self, gso: bool = True) -> None:
+        # One kernel/NIC answer decides for the whole service: a per-packet fallback
+        # after the first refusal, so nothing is lost but the speed-up.
+        self.gso = gso
+
+    def send(self, sock: socket.socket, datagrams: list[bytes], peer: tuple[str, int]) -> bool:
+        """Send all, in order; False if the socket buffer filled (the rest is dropped)."""
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            j = self._run_end(datagrams, i) if self.gso and n - i > 1 else i + 1
+            try:
+                if j - i == 1:
+                    sock.sendto(datagrams[i], peer)
+                else:
+                    seg = struct.pack("=H", len(datagrams[i]))
+                    sock.sendmsg([b"".join(datagrams[i:j])], [(SOL_UDP, UDP_SEGMENT, seg)], 0, peer)
+            except (BlockingIOError, InterruptedError):
+                # Send buffer full: like a lost packet, the retransmit timer recovers it.
+                return False
+            except OSError as exc:
+                if j - i > 1 and exc.errno in _GSO_UNSUPPORTED:
+                    log.info("tftp: UDP GSO unavailable (%s); sending datagrams one by one", exc)
+                    self.gso = False
+                    continue
+                log.debug("tftp: send to %s:%d failed: %s", *peer, exc)
+                return False
+            i = j
+        return True
+
+    @staticmethod
+    def _run_end(datagrams: list[bytes], i: int) -> int:
+        # GSO splits a buffer into segments of one size; only the last may be shorter.
+        size = len(datagrams[i])
+        j, total, n = i, 0, len(datagrams)
+        while j < n and j - i < MAX_SEGMENTS:
+            d = len(datagrams[j])
+            if d > size or total + d > MAX_GSO_BYTES:
+                break
+            total += d
+            j += 1
+            if d < size:
+                break
+        return j
