@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Even when started with SIGINT ignored (a background job), Ctrl-C must clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("building boot artifacts (cached in .artifacts/) …", flush=True)
     try:
         artifacts = build_all(log=True, dracut="dracut" in fws)

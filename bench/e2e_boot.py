@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.lab.artifacts import build_all
+from bench.lab.artifacts import Artifacts, build_all
 from bench.lab.bootd_lab import LabBootd, LabNode
 from bench.lab.lab import BridgeLab, can_netns
 from bench.lab.peers import PeerStack
@@ -72,11 +74,67 @@ def peer_milestones(log: str, ip_of: dict[str, str], t0: dict[str, float]) -> di
     return out
 
 
+Row = dict[str, float]
+
+
+def run_peers(
+    lab: BridgeLab, artifacts: Artifacts, fws: list[str], accel: Accel, work: Path
+) -> tuple[dict[str, Row], dict[str, str]]:
+    """One boot of every machine through dnsmasq + nginx: milestones and outcomes."""
+    peers = PeerStack(lab, artifacts, work)
+    work.mkdir(parents=True)
+    peers.start()
+    try:
+        machines, t0 = boot(lab, fws, accel, work, "peer")
+    finally:
+        peers.stop()
+    leases = (work / "dnsmasq.leases").read_text().split()
+    ip_of = {
+        fw: leases[leases.index(m.spec.mac) + 1]
+        for fw, m in machines.items()
+        if m.spec.mac in leases
+    }
+    rows = peer_milestones((work / "access.log").read_text(), ip_of, t0)
+    return rows, {fw: m.exit_reason for fw, m in machines.items()}
+
+
+def run_bootd(
+    lab: BridgeLab, artifacts: Artifacts, fws: list[str], accel: Accel, work: Path
+) -> tuple[dict[str, Row], dict[str, str]]:
+    """One boot of every machine through bootd: milestones from its timelines, outcomes."""
+    bootd = LabBootd(lab, artifacts, work)
+    bootd.start()
+    try:
+        nodes = [
+            LabNode(f"52:54:00:be:01:{i + 1:02x}", lab.host(11 + i), f"bench-{fw}", i + 1)
+            for i, fw in enumerate(fws)
+        ]
+        bootd.load_nodes(nodes)
+        machines, t0 = boot(lab, fws, accel, work, "bootd")
+        timelines = {b["mac"]: b for b in bootd.boots()}
+    finally:
+        bootd.stop()
+    rows: dict[str, Row] = {}
+    for fw, m in machines.items():
+        tl = timelines.get(m.spec.mac)
+        row: Row = {}
+        if tl is not None:
+            stages = {s["stage"]: s["start"] for s in tl["stages"]}
+            for name, stage in BOOTD_STAGES.items():
+                if stage in stages:
+                    row[name] = round(tl["power_on"] + stages[stage] - t0[fw], 2)
+        rows[fw] = row
+    return rows, {fw: m.exit_reason for fw, m in machines.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both stacks; print the table and write bench/results/e2e_boot.json."""
     p = argparse.ArgumentParser(prog="python -m bench.e2e_boot", description=__doc__)
     p.add_argument("--firmware", default="bios,uefi")
     p.add_argument("--prefix", default="bbench")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="rounds, stack order alternating; medians reported"
+    )
     args = p.parse_args(argv)
     reason = can_netns()
     if reason:
@@ -87,62 +145,42 @@ def main(argv: list[str] | None = None) -> int:
     accel, why = probe_accel(artifacts.kernel, artifacts.initrd)
     print(f"accelerator: {accel} ({why})")
     work = Path(tempfile.mkdtemp(prefix="bootd-e2e-bench-"))
-    results: dict[str, Any] = {"accel": accel, "peers": {}, "bootd": {}, "wall": {}}
+    runners = {"peers": run_peers, "bootd": run_bootd}
+    rounds: list[dict[str, Any]] = []
+    outcomes: dict[str, str] = {}
     with BridgeLab(args.prefix, taps=len(fws)) as lab:
-        peers = PeerStack(lab, artifacts, work / "peers")
-        (work / "peers").mkdir()
-        peers.start()
-        try:
-            machines, t0 = boot(lab, fws, accel, work, "peer")
-        finally:
-            peers.stop()
-        leases = (work / "peers" / "dnsmasq.leases").read_text().split()
-        ip_of = {
-            fw: leases[leases.index(m.spec.mac) + 1]
-            for fw, m in machines.items()
-            if m.spec.mac in leases
-        }
-        log = (work / "peers" / "access.log").read_text()
-        results["peers"] = peer_milestones(log, ip_of, t0)
-        results["wall"]["peers"] = {fw: round(m.elapsed, 2) for fw, m in machines.items()}
-        results["ok"] = {f"peers-{fw}": m.exit_reason for fw, m in machines.items()}
+        for r in range(args.rounds):
+            order = ["peers", "bootd"] if r % 2 == 0 else ["bootd", "peers"]
+            this: dict[str, Any] = {"order": order}
+            for stack in order:
+                rows, ok = runners[stack](lab, artifacts, fws, accel, work / f"{r}-{stack}")
+                this[stack] = rows
+                outcomes.update({f"{stack}-{fw}-r{r}": v for fw, v in ok.items()})
+            rounds.append(this)
+            print(f"round {r + 1}/{args.rounds} ({' then '.join(order)}) done", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
 
-        bootd = LabBootd(lab, artifacts, work / "bootd")
-        bootd.start()
-        try:
-            nodes = [
-                LabNode(f"52:54:00:be:01:{i + 1:02x}", lab.host(11 + i), f"bench-{fw}", i + 1)
-                for i, fw in enumerate(fws)
-            ]
-            bootd.load_nodes(nodes)
-            machines, t0 = boot(lab, fws, accel, work, "bootd")
-            timelines = {b["mac"]: b for b in bootd.boots()}
-        finally:
-            bootd.stop()
-        for fw, m in machines.items():
-            tl = timelines.get(m.spec.mac)
-            row: dict[str, float] = {}
-            if tl is not None:
-                stages = {s["stage"]: s["start"] for s in tl["stages"]}
-                for name, stage in BOOTD_STAGES.items():
-                    if stage in stages:
-                        row[name] = round(tl["power_on"] + stages[stage] - t0[fw], 2)
-            results["bootd"][fw] = row
-            results["ok"][f"bootd-{fw}"] = m.exit_reason
-        results["wall"]["bootd"] = {fw: round(m.elapsed, 2) for fw, m in machines.items()}
+    def median(stack: str, fw: str, name: str) -> float | None:
+        vals = sorted(v for rd in rounds if (v := rd[stack].get(fw, {}).get(name)) is not None)
+        return statistics.median(vals) if vals else None
 
-    print(f"\nseconds from power-on ({accel}); ratio = bootd / peers")
+    print(f"\nseconds from power-on, median of {args.rounds} ({accel}); ratio = bootd / peers")
     print(f"{'firmware':<8} {'milestone':<11} {'peers':>7} {'bootd':>7} {'ratio':>6}")
+    table = []
     for fw in fws:
         for name in MILESTONES:
-            a = results["peers"].get(fw, {}).get(name)
-            b = results["bootd"].get(fw, {}).get(name)
-            ratio = f"{b / a:.2f}" if a and b else "-"
-            print(f"{fw:<8} {name:<11} {a if a is not None else '-':>7} {b if b is not None else '-':>7} {ratio:>6}")  # fmt: skip
-    print(f"outcomes: {results['ok']}")
+            a, b = median("peers", fw, name), median("bootd", fw, name)
+            ratio = round(b / a, 2) if a and b else None
+            table.append(
+                {"firmware": fw, "milestone": name, "peers": a, "bootd": b, "ratio": ratio}
+            )
+            cells = ["-" if v is None else f"{v:.2f}" for v in (a, b, ratio)]
+            print(f"{fw:<8} {name:<11} {cells[0]:>7} {cells[1]:>7} {cells[2]:>6}")
+    print(f"outcomes: {outcomes}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "e2e_boot.json").write_text(json.dumps(results, indent=2))
-    return 0 if all(v == "ok" for v in results["ok"].values()) else 1
+    doc = {"accel": accel, "rounds": rounds, "median": table, "outcomes": outcomes}
+    (RESULTS / "e2e_boot.json").write_text(json.dumps(doc, indent=2))
+    return 0 if all(v == "ok" for v in outcomes.values()) else 1
 
 
 if __name__ == "__main__":

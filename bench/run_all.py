@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             log.append(msg)
             continue
         ok &= run(name, ["-m", f"bench.{name}"], log)
+    if not only or "e2e_boot" in only:
+        # Real firmware in QEMU through dnsmasq+nginx and through bootd, same run.
+        ok &= run("e2e_boot", ["-m", "bench.e2e_boot"], log)
     print("\n=== summary (results in bench/results/)")
     print("\n".join(log))
     return 0 if ok else 1

@@ -199,7 +199,7 @@ def kvm_usable() -> str | None:
     return None
 
 
-def probe_accel(kernel: Path, initrd: Path, timeout: float = 30.0) -> tuple[Accel, str]:
+def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[Accel, str]:
     """'kvm' if a short KVM boot of kernel+initrd powers off in time, else 'tcg', and why."""
     reason = kvm_usable()
     if reason is not None:
