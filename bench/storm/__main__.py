@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--qemu", type=int, default=2, help="real QEMU machines joining the storm (0: none)"
     )
+    p.add_argument(
+        "--qemu-timeout", type=float, default=240.0, help="seconds the machines get (TCG is slow)"
+    )
     p.add_argument("--stacks", default="bootd,anchor")
     # Two by default: one process's event-loop lag over 640 nodes showed up as TFTP
     # round-trip time (measured: bootd's TFTP stage p50 66 s with one, 12 s with two).
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             link_lab_images(work / "images")
             opts.qemu = args.qemu
+            opts.qemu_timeout = args.qemu_timeout
             opts.images = work / "images"
         except Exception as exc:  # any reason the lab cannot build its images: run without
             print(f"storm: no QEMU machines: {exc}", file=sys.stderr)
