@@ -12,6 +12,20 @@ from bootd.store.leases import Lease
 ZERO = "0.0.0.0"
 
 
+def base_reply(req: DhcpPacket, msg: MessageType) -> DhcpPacket:
+    """A BOOTREPLY echoing what RFC 2131 Table 3 says to echo."""
+    return DhcpPacket(
+        op=BOOTREPLY,
+        htype=req.htype,
+        hlen=req.hlen,
+        xid=req.xid,
+        flags=req.flags,
+        giaddr=req.giaddr,
+        chaddr=req.chaddr,
+        options={Opt.MESSAGE_TYPE: bytes((msg,))},
+    )
+
+
 @dataclass(slots=True)
 class Exchange:
     """Request, the reply being built, and what the stages decided (and why)."""
@@ -53,16 +67,7 @@ class Exchange:
         """Replace the reply with a DHCPNAK (RFC 2131 §4.3.2); nothing else is added."""
         req = self.request
         sid = self.reply.options.get(Opt.SERVER_ID) if self.reply is not None else None
-        self.reply = DhcpPacket(
-            op=BOOTREPLY,
-            htype=req.htype,
-            hlen=req.hlen,
-            xid=req.xid,
-            flags=req.flags,
-            giaddr=req.giaddr,
-            chaddr=req.chaddr,
-            options={Opt.MESSAGE_TYPE: bytes((MessageType.NAK,))},
-        )
+        self.reply = base_reply(req, MessageType.NAK)
         if sid is not None:
             self.reply.options[Opt.SERVER_ID] = sid
         self.reply_type = MessageType.NAK

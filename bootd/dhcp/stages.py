@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from bootd.config import Config
 from bootd.config.dhcp import SubnetConfig
-from bootd.dhcp.exchange import ZERO, Exchange
-from bootd.proto.dhcp import BOOTREPLY, BOOTREQUEST, DhcpPacket, MessageType, Opt
+from bootd.dhcp.exchange import ZERO, Exchange, base_reply
+from bootd.proto.dhcp import BOOTREQUEST, MessageType, Opt
 from bootd.proto.dhcp.options import ip_bytes
 from bootd.store.nodes import NodeInventory
 
@@ -36,20 +36,6 @@ def client_phase(ex: Exchange) -> str:
     if vc.startswith(("PXEClient", "HTTPClient")):
         return "dhcp"
     return "dhcp-linux"
-
-
-def base_reply(req: DhcpPacket, msg: MessageType) -> DhcpPacket:
-    """A BOOTREPLY echoing what RFC 2131 Table 3 says to echo."""
-    return DhcpPacket(
-        op=BOOTREPLY,
-        htype=req.htype,
-        hlen=req.hlen,
-        xid=req.xid,
-        flags=req.flags,
-        giaddr=req.giaddr,
-        chaddr=req.chaddr,
-        options={Opt.MESSAGE_TYPE: bytes((msg,))},
-    )
 
 
 def skeleton(ex: Exchange) -> None:

@@ -111,9 +111,7 @@ class BssStore:
             ]
             if taken:
                 raise BssConflict(f"boot parameters already exist for {_describe(taken)}")
-            for kind, key in keys:
-                conn.execute(_UPSERT, (kind, key, data.kernel, data.initrd, data.params,
-                                       data.cloud_init, now))  # fmt: skip
+            _upsert(conn, keys, data, now)
 
         await self._db.write(tx)
         for k in keys:
@@ -124,9 +122,7 @@ class BssStore:
         keys, data, now = bp.keys(), bp.data(), time.time()
 
         def tx(conn: sqlite3.Connection) -> None:
-            for kind, key in keys:
-                conn.execute(_UPSERT, (kind, key, data.kernel, data.initrd, data.params,
-                                       data.cloud_init, now))  # fmt: skip
+            _upsert(conn, keys, data, now)
 
         await self._db.write(tx)
         for k in keys:
@@ -172,3 +168,16 @@ class BssStore:
         for k in keys:
             self._index.pop(k, None)
         return int(removed)
+
+
+def _upsert(
+    conn: sqlite3.Connection, keys: list[tuple[str, str]], data: BootData, now: float
+) -> None:
+    """Write the same boot data under every key."""
+    conn.executemany(
+        _UPSERT,
+        [
+            (kind, key, data.kernel, data.initrd, data.params, data.cloud_init, now)
+            for kind, key in keys
+        ],
+    )
