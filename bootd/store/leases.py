@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,20 @@ SCHEMA = (
         );
         CREATE TABLE dhcp_declined (ip TEXT PRIMARY KEY, until REAL NOT NULL)""",
     ),
+)
+
+# An address moving from an expired lease to a new MAC: drop the old row first.
+_DROP_MOVED = (
+    "DELETE FROM dhcp_leases WHERE rowid IN (SELECT l.rowid FROM json_each(?) AS j "
+    "JOIN dhcp_leases AS l ON l.ip = j.value ->> 1 WHERE l.mac != j.value ->> 0)"
+)
+# `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
+_UPSERT = (
+    "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 "
+    "FROM json_each(?) WHERE true "
+    "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, expires=excluded.expires, "
+    "hostname=excluded.hostname, updated=excluded.updated"
 )
 
 # Offers waiting for their REQUEST. One per client MAC; a flood of DISCOVERs with
@@ -215,19 +230,13 @@ class LeaseTable:
     def persist(self, leases: list[Lease]) -> Awaitable[None]:
         """Write leases in one job; resolves once their batch is committed and fsynced."""
         now = self._clock()
-        rows = [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]
+        # One JSON parameter, two statements: SQLite walks the rows inside one step each,
+        # where executemany would step (and hand the GIL back and forth) once per row.
+        rows = json.dumps([(x.mac, x.ip, x.expires, x.hostname, now) for x in leases])
 
         def tx(conn: sqlite3.Connection) -> None:
-            # An address moving from an expired lease to a new MAC: drop the old row first.
-            conn.executemany(
-                "DELETE FROM dhcp_leases WHERE ip = ? AND mac != ?", [(r[1], r[0]) for r in rows]
-            )
-            conn.executemany(
-                "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, expires=excluded.expires, "
-                "hostname=excluded.hostname, updated=excluded.updated",
-                rows,
-            )
+            conn.execute(_DROP_MOVED, (rows,))
+            conn.execute(_UPSERT, (rows,))
 
         return self._db.write(tx)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -25,6 +26,12 @@ SCHEMA = (
         );
         CREATE INDEX boot_events_mac ON boot_events(mac, boot_id)""",
     ),
+)
+
+_INSERT_ROWS = (
+    "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, "
+    "value ->> 6 FROM json_each(?)"
 )
 
 # Timelines kept in memory: one current boot per node; beyond this many nodes the
@@ -99,11 +106,9 @@ class TimelineRecorder:
         rows = []
         while self._rows:
             rows.append(self._rows.popleft())
-        conn.executemany(
-            "INSERT INTO boot_events(mac, boot_id, stage, event, t, bytes, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        # One JSON parameter: SQLite inserts every row in one step, where executemany
+        # would step once per row and hand the GIL back and forth each time.
+        conn.execute(_INSERT_ROWS, (json.dumps(rows),))
 
     def _next_boot_id(self, mac: str) -> int:
         rows = self._db.read("SELECT MAX(boot_id) FROM boot_events WHERE mac = ?", (mac,))

@@ -124,8 +124,14 @@ def ip_bytes(ip: str) -> bytes:
     return bytes(map(int, parts))
 
 
+_ZERO4 = bytes(4)
+
+
 def ip_str(b: bytes) -> str:
     """4 bytes → dotted quad."""
+    # Most header addresses in requests are unset: skip the formatting for them.
+    if b == _ZERO4:
+        return "0.0.0.0"
     return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
 
 
