@@ -186,7 +186,7 @@ def scrape(url: str) -> str:
 class Nginx:
     """nginx with sendfile on, serving the same images on 127.0.0.1 (PEERS.md config)."""
 
-    def __init__(self, tmp: Path, images: Path, port: int) -> None:
+    def __init__(self, tmp: Path, images: Path, port: int, scripts: Path) -> None:
         conf = tmp / "nginx.conf"
         user = "user root; " if os.geteuid() == 0 else ""
         conf.write_text(
@@ -196,7 +196,11 @@ class Nginx:
             f"client_body_temp_path {tmp}/nginx-body; proxy_temp_path {tmp}/nginx-proxy; "
             f"fastcgi_temp_path {tmp}/nginx-fcgi; uwsgi_temp_path {tmp}/nginx-uwsgi; "
             f"scgi_temp_path {tmp}/nginx-scgi;\n"
-            f"  server {{ listen 127.0.0.1:{port}; location /images/ {{ alias {images}/; }} }} }}\n"
+            f"  server {{ listen 127.0.0.1:{port}; location /images/ {{ alias {images}/; }}\n"
+            # The reference for boot-script latency: each node's script pre-rendered
+            # as a static file, picked by the same ?mac= query (as the storm's anchor).
+            f"    location = /boot/v1/bootscript {{ root {scripts}; default_type text/plain; "
+            "try_files /$arg_mac.ipxe =404; } } }\n"
         )
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
@@ -234,6 +238,18 @@ class FileResponseServer:
         self.proc.wait(10)
 
 
+def prerender_scripts(bootd_url: str, scripts: Path, count: int) -> None:
+    """Node 0's script from bootd, written once per node with that node's MAC (same size)."""
+    scripts.mkdir(parents=True, exist_ok=True)
+    first = subprocess.run(
+        ["curl", "-sf", f"{bootd_url}/boot/v1/bootscript?mac={node_mac(0)}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    for i in range(count):
+        mac = node_mac(i)
+        (scripts / f"{mac}.ipxe").write_text(first.replace(node_mac(0), mac))
+
+
 def start_bootd(tmp: Path, images: Path, state: Path) -> BootdProcess:
     cfg: dict[str, Any] = {
         "address": "127.0.0.1",
@@ -269,7 +285,8 @@ def main() -> int:
         make_images(images, results["sizes_mb"])
         asyncio.run(seed_nodes(state, a.nodes))
         bootd = start_bootd(tmp, images, state)
-        nginx = Nginx(tmp, images, free_port())
+        prerender_scripts(bootd.url, tmp / "scripts", a.nodes)
+        nginx = Nginx(tmp, images, free_port(), tmp / "scripts")
         ref = FileResponseServer(images, free_port())
         try:
             results["bootd_rss_idle_mb"] = rss_kb(bootd.proc.pid) / 1024
@@ -306,8 +323,8 @@ def main() -> int:
             ]
             lua = SCRIPT_LUA % (a.nodes - 1)
             for label, conns in (("script_640", a.clients), ("script_1", 1)):
-                r = wrk(bootd.url, lua, conns, a.seconds, tmp)
-                results[label] = r
+                results[label] = wrk(bootd.url, lua, conns, a.seconds, tmp)
+                results[f"nginx_{label}"] = wrk(nginx.url, lua, conns, a.seconds, tmp)
             text = scrape(bootd.url)
             results["script_inside_p99_ms_le"] = histogram_quantile(
                 text, "bootd_bootscript_seconds", 0.99
@@ -346,10 +363,16 @@ def print_table(r: dict[str, Any]) -> None:
         (f"bootscript p99 ms, {r['clients']} conns", f"{s640['p99_ms'] or -1:.2f}", "< 5",
          "ok" if (s640["p99_ms"] or 1e9) < 5 else "MISS"),
         (f"bootscript req/s, {r['clients']} conns", f"{s640['requests_per_s']:.0f}", "", ""),
+        (f"nginx static script p99 ms, {r['clients']} conns",
+         f"{r['nginx_script_640']['p99_ms'] or -1:.2f}", "", "(reference)"),
+        (f"nginx static script req/s, {r['clients']} conns",
+         f"{r['nginx_script_640']['requests_per_s']:.0f}", "", "(reference)"),
         ("bootscript p99 ms inside bootd (<=)", f"{r['script_inside_p99_ms_le'] or -1:.2f}",
          "< 5", "ok" if (r["script_inside_p99_ms_le"] or 1e9) <= 5 else "MISS"),
         ("bootscript p50 ms, 1 conn", f"{s1['p50_ms'] or -1:.2f}", "", ""),
         ("bootscript p99 ms, 1 conn", f"{s1['p99_ms'] or -1:.2f}", "", ""),
+        ("nginx static script p99 ms, 1 conn", f"{r['nginx_script_1']['p99_ms'] or -1:.2f}", "",
+         "(reference)"),
     ]  # fmt: skip
     print(f"HTTP bench: {r['clients']} clients, {r['seconds']} s per run, sizes {r['sizes_mb']} MB")
     for row in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -170,25 +170,35 @@ class DhcpHandler:
         self._flush_scheduled = False
         acks, self._acks = self._acks, []
         if acks:
-            task = asyncio.get_running_loop().create_task(self._commit_then_send(acks))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            # The write is queued right here, so the store starts on it while the loop
+            # goes on reading; the task only waits for it and then sends the ACKs.
+            try:
+                written = self.leases.persist([lease for _, lease, _, _ in acks])
+            except Exception as exc:  # a store failure must cost replies, not the service
+                self._store_failed(acks, exc)
+            else:
+                task = asyncio.get_running_loop().create_task(self._send_when(written, acks))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         events, self._events = self._events, []
         record = self.ctx.timeline.record
         for mac, stage, event, now, detail in events:
             record(mac, stage, event, now, detail=detail)
 
-    async def _commit_then_send(self, acks: list[PendingAck]) -> None:
+    def _store_failed(self, acks: list[PendingAck], exc: Exception) -> None:
+        self._in_flight -= len(acks)
+        for _ in acks:
+            self._count("request", "store-error")
+        self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
+
+    async def _send_when(self, written: Awaitable[None], acks: list[PendingAck]) -> None:
         """ACKs leave only once their leases are committed and fsynced (one batch, one fsync)."""
         try:
-            await self.leases.persist([lease for _, lease, _, _ in acks])
+            await written
         except Exception as exc:  # a store failure must cost replies, not the service
-            for _ in acks:
-                self._count("request", "store-error")
-            self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
+            self._store_failed(acks, exc)
             return
-        finally:
-            self._in_flight -= len(acks)
+        self._in_flight -= len(acks)
         for _, _, wire, dest in acks:
             self.send(wire, dest)
         now = self.ctx.clock()

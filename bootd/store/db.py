@@ -110,10 +110,14 @@ class Database:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn in the next batch; resolve once that batch is committed (durable)."""
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue fn now (not when awaited); the future resolves once its batch is committed."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, fut, loop))
-        return await fut
+        return fut
 
     def write_nowait(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         """Queue fn for the next batch without waiting (timeline rows, counters)."""

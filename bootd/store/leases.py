@@ -228,7 +228,7 @@ class LeaseTable:
         return lease
 
     def persist(self, leases: list[Lease]) -> Awaitable[None]:
-        """Write leases in one job; resolves once their batch is committed and fsynced."""
+        """Queue the leases' write now, as one job; resolves once its batch is committed and fsynced."""
         now = self._clock()
         # One JSON parameter, two statements: SQLite walks the rows inside one step each,
         # where executemany would step (and hand the GIL back and forth) once per row.
@@ -238,7 +238,7 @@ class LeaseTable:
             conn.execute(_DROP_MOVED, (rows,))
             conn.execute(_UPSERT, (rows,))
 
-        return self._db.write(tx)
+        return self._db.submit(tx)
 
     def release(self, mac: str, ip: str, now: float) -> bool:
         """RELEASE: end the lease now but keep the record, so the MAC gets the same IP back."""
