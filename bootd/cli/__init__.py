@@ -46,6 +46,7 @@ config_option = click.option(
 def serve(config_path: Path) -> None:
     """Run the daemon in the foreground (what systemd runs)."""
     from bootd.daemon import run
+    from bootd.eventloop import BootdLoop
 
     try:
         config = load_config(config_path)
@@ -54,7 +55,9 @@ def serve(config_path: Path) -> None:
             click.echo(f"error: {line}", err=True)
         sys.exit(1)
     setup_logging(config.log.format, config.log.level)
-    sys.exit(asyncio.run(run(config, config_path)))
+    with asyncio.Runner(loop_factory=BootdLoop) as runner:
+        code = runner.run(run(config, config_path))
+    sys.exit(code)
 
 
 @cli.command("check-config")
