@@ -10,7 +10,6 @@ import os
 import resource
 import select
 import socket
-import struct
 
 from bootd.config import Config
 from bootd.context import Context, StartupError
@@ -211,7 +210,7 @@ class TftpService:
             self.malformed("unknown_tid")  # never answer an ERROR with an ERROR
         else:
             assert self._sock is not None
-            self.unknown_tid(self._sock, addr, len(data))
+            self.unknown_tid(self._sock, addr, data)
 
     def _on_request(self, req: Request, addr: Address, local_ip: str, now: float) -> None:
         cfg = self.cfg
@@ -365,10 +364,10 @@ class TftpService:
         self.ctx.metrics.malformed.labels("tftp", reason).inc()
         self._warn.warning(f"malformed-{reason}", "tftp: dropped malformed datagram: %s", reason)
 
-    def unknown_tid(self, sock: socket.socket, addr: Address, n: int) -> None:
+    def unknown_tid(self, sock: socket.socket, addr: Address, data: bytes) -> None:
         """RFC 1350 §4: answer a stranger with error 5 and carry on with the transfer."""
         self.ctx.metrics.malformed.labels("tftp", "unknown_tid").inc()
-        if n >= 2 and struct.unpack_from("!H", self.buffer)[0] == Opcode.ERROR:
+        if len(data) >= 2 and data[0] << 8 | data[1] == Opcode.ERROR:
             return
         with contextlib.suppress(OSError):
             sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)

@@ -13,13 +13,16 @@ from bootd.tftp.sender import WindowSender
 
 log = logging.getLogger("bootd.tftp")
 
+# Read one byte past the largest valid datagram: longer ones are still seen as oversized.
+RECV_SIZE = MAX_REQUEST + 1
+_DATA = Phase.DATA
+
 Address = tuple[str, int]
 
 
 class SessionOwner(Protocol):
     """What a session reports to its service (metrics, timeline, unknown TIDs)."""
 
-    buffer: bytearray
     sender: WindowSender
 
     def data_started(self, s: Session, now: float) -> None:
@@ -34,7 +37,7 @@ class SessionOwner(Protocol):
         """A datagram was dropped as garbage."""
         ...
 
-    def unknown_tid(self, sock: socket.socket, addr: Address, n: int) -> None:
+    def unknown_tid(self, sock: socket.socket, addr: Address, data: bytes) -> None:
         """A datagram reached a TID socket from someone other than its peer."""
         ...
 
@@ -70,67 +73,78 @@ class Session:
     def start(self, now: float) -> None:
         """Send the OACK or the first window."""
         self.started_at = now
-        self._send(self.transfer.start(now))
-        self._after(Phase.OACK, now)
+        out = self.transfer.start(now)
+        self._send(out)
+        self._after(Phase.OACK, out, now)
 
     def on_readable(self, now: float) -> None:
         """Our TID socket is readable: take one datagram (the poller calls again if more)."""
-        buf = self.owner.buffer
         try:
-            n, addr = self.sock.recvfrom_into(buf)
+            data, addr = self.sock.recvfrom(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
             return
         if addr != self.peer:
-            self.owner.unknown_tid(self.sock, addr, n)
+            self.owner.unknown_tid(self.sock, addr, data)
             return
-        self.datagram(bytes(buf[:n]), now)
+        self.datagram(data, now)
 
     def datagram(self, data: bytes, now: float) -> None:
         """A datagram from our peer."""
         if len(data) > MAX_REQUEST:
             self.owner.malformed("oversized")
             return
-        before = self.transfer.phase
+        t = self.transfer
+        before = t.phase
         try:
-            out = self.transfer.receive(data, now)
+            out = t.receive(data, now)
         except TftpDecodeError as exc:
             self.owner.malformed(exc.reason)
             return
-        self._send(out)
-        self._after(before, now)
+        if out:
+            if len(out) == 1:
+                # Lockstep (windowsize 1) is the hot path: one datagram, straight out.
+                try:  # noqa: SIM105 (contextlib.suppress costs a context manager per packet)
+                    self.sock.sendto(out[0], self.peer)
+                except OSError:
+                    # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
+                    pass
+            else:
+                self.owner.sender.send(self.sock, out, self.peer)
+        if before is not _DATA or t.phase is not _DATA:
+            self._after(before, out, now)
 
     def on_timeout(self, now: float) -> None:
         """Deadline passed: let the state machine retransmit or give up."""
-        self._send(self.transfer.on_timeout(now))
-        self._after(self.transfer.phase, now)
+        before = self.transfer.phase
+        out = self.transfer.on_timeout(now)
+        self._send(out)
+        self._after(before, out, now)
 
     def fail(self, now: float) -> None:
         """Reading the file failed (EIO, a vanished NFS mount): end this transfer only."""
-        self._send(self.transfer.fail())
-        self._after(self.transfer.phase, now)
+        before = self.transfer.phase
+        out = self.transfer.fail()
+        self._send(out)
+        self._after(before, out, now)
 
     def _send(self, datagrams: list[bytes]) -> None:
-        if not datagrams:
-            return
         if len(datagrams) > 1:
             self.owner.sender.send(self.sock, datagrams, self.peer)
-        else:
-            # Lockstep (windowsize 1) is the hot path: one datagram, straight out (and no
-            # contextlib.suppress, which costs a context manager per packet).
+        elif datagrams:
             try:  # noqa: SIM105
                 self.sock.sendto(datagrams[0], self.peer)
             except OSError:
-                # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
                 pass
-        last = datagrams[-1]
-        if last[1] == 5:
-            self.owner.error_sent(last[3])
 
-    def _after(self, before: Phase, now: float) -> None:
+    def _after(self, before: Phase, sent: list[bytes], now: float) -> None:
+        # Off the hot path: only when the phase changed or is not DATA. An ERROR the
+        # state machine sends always ends the transfer, so it is counted here.
         t = self.transfer
+        if sent and sent[-1][1] == 5:
+            self.owner.error_sent(sent[-1][3])
         if before is Phase.OACK and t.phase is not Phase.OACK and t.outcome is None:
             self.owner.data_started(self, now)
         if t.done:
