@@ -41,18 +41,27 @@ class SessionOwner(Protocol):
         """A datagram reached a TID socket from someone other than its peer."""
         ...
 
+    def read_failed(self, s: Session, exc: OSError, now: float) -> None:
+        """Reading the file for this transfer failed."""
+        ...
+
     def error_sent(self, code: int) -> None:
         """We sent an ERROR packet."""
         ...
 
 
 class Session:
-    """Adapter around ReadTransfer: guard size → feed bytes → send what it returns."""
+    """Adapter around ReadTransfer: guard size → feed bytes → send what it returns.
+
+    With its own TID, `sock` is connected to the peer (the kernel routes once and filters
+    by source) and `stranger` is an unconnected socket on the same port that catches
+    datagrams from anyone else. In single-port mode both roles fall to the listening socket.
+    """
 
     def __init__(
         self,
         sock: socket.socket,
-        own_socket: bool,
+        stranger: socket.socket | None,
         peer: Address,
         transfer: ReadTransfer,
         filename: str,
@@ -61,8 +70,11 @@ class Session:
         owner: SessionOwner,
     ) -> None:
         self.sock = sock
-        self.own_socket = own_socket
+        self.stranger = stranger
+        self.own_socket = stranger is not None
         self.peer = peer
+        # Where datagrams go: nowhere to name on a connected socket.
+        self._dest: Address | None = None if self.own_socket else peer
         self.transfer = transfer
         self.filename = filename
         self.mac = mac
@@ -78,18 +90,27 @@ class Session:
         self._after(Phase.OACK, out, now)
 
     def on_readable(self, now: float) -> None:
-        """Our TID socket is readable: take one datagram (the poller calls again if more)."""
+        """Our connected TID socket is readable: take one datagram (the poller calls again)."""
         try:
-            data, addr = self.sock.recvfrom(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
             return
-        if addr != self.peer:
-            self.owner.unknown_tid(self.sock, addr, data)
-            return
         self.datagram(data, now)
+
+    def on_stranger_readable(self, now: float) -> None:
+        """A datagram reached our TID port from someone other than the peer."""
+        assert self.stranger is not None
+        try:
+            data, addr = self.stranger.recvfrom(RECV_SIZE)
+        except OSError:
+            return
+        if addr == self.peer:  # only possible before the connected socket existed
+            self.datagram(data, now)
+        else:
+            self.owner.unknown_tid(self.stranger, addr, data)
 
     def datagram(self, data: bytes, now: float) -> None:
         """A datagram from our peer."""
@@ -103,16 +124,22 @@ class Session:
         except TftpDecodeError as exc:
             self.owner.malformed(exc.reason)
             return
+        except OSError as exc:  # reading the file failed
+            self.owner.read_failed(self, exc, now)
+            return
         if out:
             if len(out) == 1:
                 # Lockstep (windowsize 1) is the hot path: one datagram, straight out.
-                try:  # noqa: SIM105 (contextlib.suppress costs a context manager per packet)
-                    self.sock.sendto(out[0], self.peer)
+                try:
+                    if self._dest is None:
+                        self.sock.send(out[0])
+                    else:
+                        self.sock.sendto(out[0], self._dest)
                 except OSError:
                     # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
                     pass
             else:
-                self.owner.sender.send(self.sock, out, self.peer)
+                self.owner.sender.send(self.sock, out, self._dest)
         if before is not _DATA or t.phase is not _DATA:
             self._after(before, out, now)
 
@@ -132,10 +159,13 @@ class Session:
 
     def _send(self, datagrams: list[bytes]) -> None:
         if len(datagrams) > 1:
-            self.owner.sender.send(self.sock, datagrams, self.peer)
+            self.owner.sender.send(self.sock, datagrams, self._dest)
         elif datagrams:
-            try:  # noqa: SIM105
-                self.sock.sendto(datagrams[0], self.peer)
+            try:
+                if self._dest is None:
+                    self.sock.send(datagrams[0])
+                else:
+                    self.sock.sendto(datagrams[0], self._dest)
             except OSError:
                 pass
 
@@ -151,9 +181,10 @@ class Session:
             self.owner.finished(self, now)
 
     def close(self) -> None:
-        """Release the socket (our own TID only)."""
-        if self.own_socket:
+        """Release the sockets (our own TID only)."""
+        if self.stranger is not None:
             self.sock.close()
+            self.stranger.close()
 
 
 def outcome_label(outcome: Outcome | None) -> str:

@@ -79,7 +79,7 @@ class ReadTransfer:
         self.phase = Phase.OACK if self._oack else Phase.DATA
         self.outcome: Outcome | None = None
         self.deadline: float | None = None
-        self.bytes_sent = 0  # payload bytes, first transmissions only
+        self._tail = 0  # payload length of the last block, once sent
         self.retransmits = 0  # blocks sent again after a timeout
         self.peer_error: str = ""
 
@@ -95,20 +95,18 @@ class ReadTransfer:
             return [self._oack]
         return self._send_window(self._acked + 1, now)
 
-    def _sample_rtt(self, now: float) -> None:
-        assert self._window_sent_at is not None
-        rtt = now - self._window_sent_at
-        srtt = self._srtt
-        srtt = self._srtt = rtt if srtt is None else 0.875 * srtt + 0.125 * rtt
-        # The retransmit timeout before backoff: 2 x SRTT, within [timeout, 8 x timeout].
-        base, r = self._timeout, 2 * srtt
-        self._rto_base = base if r <= base else min(r, base * MAX_BACKOFF)
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent, first transmissions only (every block but the last is full)."""
+        sent = self._sent
+        if sent and sent == self._blocks.last:
+            return (sent - 1) * self.params.blksize + self._tail
+        return sent * self.params.blksize
 
     def _send_window(self, first: int, now: float | None = None) -> list[bytes]:
         blocks = self._blocks
         last = blocks.last
         end = first + self._ws - 1
-        sent = self._sent
         if last is None:
             return self._send_window_unbounded(first, end, now)
         # The block count is known (octet, or netascii past its end): no per-block checks.
@@ -116,37 +114,39 @@ class ReadTransfer:
             end = last
         packet = blocks.packet
         out = [packet(first)] if first == end else [packet(i) for i in range(first, end + 1)]
+        sent = self._sent
+        if first <= sent:
+            self.retransmits += min(end, sent) - first + 1
+            self._window_sent_at = None  # Karn: no RTT sample from a resent window
+        else:
+            self._window_sent_at = now
         if end > sent:
-            fresh = out if first > sent else out[sent + 1 - first :]
-            self.bytes_sent += (
-                len(fresh[0]) if len(fresh) == 1 else sum(map(len, fresh))
-            ) - 4 * len(fresh)
             self._sent = end
-        resent = (min(end, sent) - first + 1) if first <= sent else 0
-        self.retransmits += resent
+            if end == last:
+                self._tail = len(out[-1]) - 4
         self._window_end = end
-        self._window_sent_at = None if resent else now
         return out
 
     def _send_window_unbounded(self, first: int, end: int, now: float | None) -> list[bytes]:
         # Netascii before its end is found: `last` appears only once the short block is made.
         out: list[bytes] = []
-        rtx_before = self.retransmits
-        last = self._blocks.last
+        blocks = self._blocks
+        resent = False
         i = first
-        while i <= end and (last is None or i <= last):
-            pkt = self._blocks.packet(i)
+        while i <= end:
+            pkt = blocks.packet(i)
             out.append(pkt)
             if i > self._sent:
                 self._sent = i
-                self.bytes_sent += len(pkt) - 4
             else:
                 self.retransmits += 1
-            last = self._blocks.last
+                resent = True
+            if blocks.last is not None:  # this was the short, final block
+                self._tail = len(pkt) - 4
+                break
             i += 1
-        self._window_end = i - 1
-        fresh = self.retransmits == rtx_before
-        self._window_sent_at = now if fresh else None
+        self._window_end = first + len(out) - 1
+        self._window_sent_at = None if resent else now
         return out
 
     def fail(self) -> list[bytes]:
@@ -203,8 +203,14 @@ class ReadTransfer:
             # Duplicate or stale ACK: never answer it with data (Sorcerer's Apprentice,
             # RFC 1123 §4.2.3.1); only the timer retransmits.
             return []
-        if acked == end and self._window_sent_at is not None:
-            self._sample_rtt(now)
+        if acked == end and (sent_at := self._window_sent_at) is not None:
+            # Smoothed window round trip (RFC 6298 weights); the timeout before backoff
+            # is 2 x SRTT within [timeout, 8 x timeout].
+            rtt = now - sent_at
+            srtt = self._srtt
+            srtt = self._srtt = rtt if srtt is None else 0.875 * srtt + 0.125 * rtt
+            base, r = self._timeout, srtt + srtt
+            self._rto_base = base if r <= base else min(r, base * MAX_BACKOFF)
             # Karn: keep the backed-off timeout until a window without retransmissions
             # comes back, or a storm never learns its real round trip.
             self._backoff = 1.0
