@@ -25,18 +25,27 @@ class WindowSender:
         # after the first refusal, so nothing is lost but the speed-up.
         self.gso = gso
 
-    def send(self, sock: socket.socket, datagrams: list[bytes], peer: tuple[str, int]) -> bool:
-        """Send all, in order; False if the socket buffer filled (the rest is dropped)."""
+    def send(
+        self, sock: socket.socket, datagrams: list[bytes], peer: tuple[str, int] | None
+    ) -> bool:
+        """Send all, in order (peer None: the socket is connected); False if it filled up."""
         n = len(datagrams)
         i = 0
         while i < n:
             j = self._run_end(datagrams, i) if self.gso and n - i > 1 else i + 1
             try:
                 if j - i == 1:
-                    sock.sendto(datagrams[i], peer)
+                    if peer is None:
+                        sock.send(datagrams[i])
+                    else:
+                        sock.sendto(datagrams[i], peer)
                 else:
-                    seg = struct.pack("=H", len(datagrams[i]))
-                    sock.sendmsg([b"".join(datagrams[i:j])], [(SOL_UDP, UDP_SEGMENT, seg)], 0, peer)
+                    seg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(datagrams[i])))]
+                    buf = [b"".join(datagrams[i:j])]
+                    if peer is None:
+                        sock.sendmsg(buf, seg)
+                    else:
+                        sock.sendmsg(buf, seg, 0, peer)
             except (BlockingIOError, InterruptedError):
                 # Send buffer full: like a lost packet, the retransmit timer recovers it.
                 return False
@@ -45,7 +54,7 @@ class WindowSender:
                     log.info("tftp: UDP GSO unavailable (%s); sending datagrams one by one", exc)
                     self.gso = False
                     continue
-                log.debug("tftp: send to %s:%d failed: %s", *peer, exc)
+                log.debug("tftp: window send failed: %s", exc)
                 return False
             i = j
         return True

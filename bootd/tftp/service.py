@@ -10,7 +10,7 @@ import os
 import resource
 import select
 import socket
-import struct
+from collections.abc import Callable
 
 from bootd.config import Config
 from bootd.context import Context, StartupError
@@ -65,7 +65,8 @@ class TftpService:
         # TID sockets live in their own epoll set, itself watched by the event loop: one
         # loop wakeup then serves every ready transfer without a handle per socket.
         self._tids = select.epoll()
-        self._by_fd: dict[int, Session] = {}
+        # TID socket fd → its session's handler (connected socket, or the stranger one).
+        self._by_fd: dict[int, Callable[[float], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warn = RateLimitedLog(log)
         self._stopping = False
@@ -78,7 +79,7 @@ class TftpService:
     async def start(self) -> None:
         """Bind tftp.port on all addresses; a busy port becomes a one-line StartupError."""
         self._loop = asyncio.get_running_loop()
-        _raise_fd_limit(2 * self.cfg.max_transfers + 256)
+        _raise_fd_limit(3 * self.cfg.max_transfers + 256)  # two sockets per transfer
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -151,23 +152,23 @@ class TftpService:
                     try:
                         s.on_timeout(now)
                     except OSError as exc:
-                        self._read_failed(s, exc, now)
+                        self.read_failed(s, exc, now)
 
-    def _read_failed(self, s: Session, exc: OSError, now: float) -> None:
+    def read_failed(self, s: Session, exc: OSError, now: float) -> None:
+        """Reading the file failed: warn (rate-limited) and end this transfer with error 0."""
         self._warn.warning(
             f"read-{s.filename}", "tftp: cannot read %s: %s; ending its transfers", s.filename, exc
         )
         s.fail(now)
 
     def _on_tids_readable(self) -> None:
+        # Every ready TID in one wakeup; a session that ended earlier in the batch is gone
+        # from the table, so its stale event is skipped.
         now, by_fd = self.now(), self._by_fd
         for fd, _ in self._tids.poll(0, len(by_fd) or 1):
-            s = by_fd.get(fd)
-            if s is not None:
-                try:
-                    s.on_readable(now)
-                except OSError as exc:
-                    self._read_failed(s, exc, now)
+            handler = by_fd.get(fd)
+            if handler is not None:
+                handler(now)
 
     def _on_listen_readable(self) -> None:
         assert self._sock is not None
@@ -191,10 +192,7 @@ class TftpService:
 
     def _on_listen_datagram(self, data: bytes, addr: Address, local_ip: str, now: float) -> None:
         if self._single_port and (s := self._sessions.get(addr)) is not None:
-            try:
-                s.datagram(data, now)
-            except OSError as exc:
-                self._read_failed(s, exc, now)
+            s.datagram(data, now)
             return
         if len(data) > MAX_REQUEST:
             self.malformed("oversized")
@@ -211,7 +209,7 @@ class TftpService:
             self.malformed("unknown_tid")  # never answer an ERROR with an ERROR
         else:
             assert self._sock is not None
-            self.unknown_tid(self._sock, addr, len(data))
+            self.unknown_tid(self._sock, addr, data)
 
     def _on_request(self, req: Request, addr: Address, local_ip: str, now: float) -> None:
         cfg = self.cfg
@@ -246,7 +244,9 @@ class TftpService:
             shared = file.packets(params.blksize) if file is not None else None
             blocks = OctetBlocks(source, params.blksize, shared)
         try:
-            sock = self._sock if self._single_port else self._tid_socket(local_ip)
+            sock, stranger = (
+                (self._sock, None) if self._single_port else self._tid_pair(local_ip, addr)
+            )
         except OSError as exc:
             if file is not None:
                 self._files.release(file)
@@ -255,16 +255,20 @@ class TftpService:
             return
         assert sock is not None
         transfer = ReadTransfer(blocks, params, cfg.retries)
-        s = Session(sock, not self._single_port, addr, transfer, req.filename, mac, file, self)
+        s = Session(sock, stranger, addr, transfer, req.filename, mac, file, self)
         self._sessions[addr] = s
-        if s.own_socket:
-            self._by_fd[sock.fileno()] = s
-            self._tids.register(sock.fileno(), select.EPOLLIN)
+        if stranger is not None:
+            for fd, handler in (
+                (sock.fileno(), s.on_readable),
+                (stranger.fileno(), s.on_stranger_readable),
+            ):
+                self._by_fd[fd] = handler
+                self._tids.register(fd, select.EPOLLIN)
         self.ctx.metrics.tftp_active.set(len(self._sessions))
         try:
             s.start(now)
         except OSError as exc:
-            self._read_failed(s, exc, now)
+            self.read_failed(s, exc, now)
 
     def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
         root = self.cfg.root
@@ -284,6 +288,32 @@ class TftpService:
             s.close()
             raise
         return s
+
+    def _tid_pair(self, local_ip: str, peer: Address) -> tuple[socket.socket, socket.socket]:
+        """A fresh TID port with two sockets: one connected to the peer, one for strangers.
+
+        The kernel gives a datagram to the best-matching socket: the connected one for the
+        peer, the unconnected one for anyone else (RFC 1350 §4 wants those answered with
+        error 5). The port was picked without SO_REUSEADDR, so it is not shared with any
+        earlier socket; the flag is set after bind only so that the second socket may join.
+        """
+        stranger = self._tid_socket(local_ip)
+        try:
+            stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError:
+            stranger.close()
+            raise
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(stranger.getsockname())
+            sock.connect(peer)
+        except OSError:
+            sock.close()
+            stranger.close()
+            raise
+        return sock, stranger
 
     def _refuse(self, r: Refused, req: Request, addr: Address, local_ip: str) -> None:
         self.ctx.metrics.tftp_transfers.labels(r.reason).inc()
@@ -324,10 +354,10 @@ class TftpService:
         """Close the TID, release the file, count the outcome."""
         if self._sessions.pop(s.peer, None) is None:
             return
-        if s.own_socket:
-            fd = s.sock.fileno()
-            self._tids.unregister(fd)
-            del self._by_fd[fd]
+        if s.stranger is not None:
+            for fd in (s.sock.fileno(), s.stranger.fileno()):
+                self._tids.unregister(fd)
+                del self._by_fd[fd]
         s.close()
         if s.file is not None:
             self._files.release(s.file)
@@ -365,10 +395,10 @@ class TftpService:
         self.ctx.metrics.malformed.labels("tftp", reason).inc()
         self._warn.warning(f"malformed-{reason}", "tftp: dropped malformed datagram: %s", reason)
 
-    def unknown_tid(self, sock: socket.socket, addr: Address, n: int) -> None:
+    def unknown_tid(self, sock: socket.socket, addr: Address, data: bytes) -> None:
         """RFC 1350 §4: answer a stranger with error 5 and carry on with the transfer."""
         self.ctx.metrics.malformed.labels("tftp", "unknown_tid").inc()
-        if n >= 2 and struct.unpack_from("!H", self.buffer)[0] == Opcode.ERROR:
+        if len(data) >= 2 and data[0] << 8 | data[1] == Opcode.ERROR:
             return
         with contextlib.suppress(OSError):
             sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)

@@ -13,13 +13,16 @@ from bootd.tftp.sender import WindowSender
 
 log = logging.getLogger("bootd.tftp")
 
+# Read one byte past the largest valid datagram: longer ones are still seen as oversized.
+RECV_SIZE = MAX_REQUEST + 1
+_DATA = Phase.DATA
+
 Address = tuple[str, int]
 
 
 class SessionOwner(Protocol):
     """What a session reports to its service (metrics, timeline, unknown TIDs)."""
 
-    buffer: bytearray
     sender: WindowSender
 
     def data_started(self, s: Session, now: float) -> None:
@@ -34,8 +37,12 @@ class SessionOwner(Protocol):
         """A datagram was dropped as garbage."""
         ...
 
-    def unknown_tid(self, sock: socket.socket, addr: Address, n: int) -> None:
+    def unknown_tid(self, sock: socket.socket, addr: Address, data: bytes) -> None:
         """A datagram reached a TID socket from someone other than its peer."""
+        ...
+
+    def read_failed(self, s: Session, exc: OSError, now: float) -> None:
+        """Reading the file for this transfer failed."""
         ...
 
     def error_sent(self, code: int) -> None:
@@ -44,12 +51,17 @@ class SessionOwner(Protocol):
 
 
 class Session:
-    """Adapter around ReadTransfer: guard size → feed bytes → send what it returns."""
+    """Adapter around ReadTransfer: guard size → feed bytes → send what it returns.
+
+    With its own TID, `sock` is connected to the peer (the kernel routes once and filters
+    by source) and `stranger` is an unconnected socket on the same port that catches
+    datagrams from anyone else. In single-port mode both roles fall to the listening socket.
+    """
 
     def __init__(
         self,
         sock: socket.socket,
-        own_socket: bool,
+        stranger: socket.socket | None,
         peer: Address,
         transfer: ReadTransfer,
         filename: str,
@@ -58,8 +70,11 @@ class Session:
         owner: SessionOwner,
     ) -> None:
         self.sock = sock
-        self.own_socket = own_socket
+        self.stranger = stranger
+        self.own_socket = stranger is not None
         self.peer = peer
+        # Where datagrams go: nowhere to name on a connected socket.
+        self._dest: Address | None = None if self.own_socket else peer
         self.transfer = transfer
         self.filename = filename
         self.mac = mac
@@ -70,76 +85,106 @@ class Session:
     def start(self, now: float) -> None:
         """Send the OACK or the first window."""
         self.started_at = now
-        self._send(self.transfer.start(now))
-        self._after(Phase.OACK, now)
+        out = self.transfer.start(now)
+        self._send(out)
+        self._after(Phase.OACK, out, now)
 
     def on_readable(self, now: float) -> None:
-        """Our TID socket is readable: take one datagram (the poller calls again if more)."""
-        buf = self.owner.buffer
+        """Our connected TID socket is readable: take one datagram (the poller calls again)."""
         try:
-            n, addr = self.sock.recvfrom_into(buf)
+            data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             # ICMP port unreachable surfaces here: the client is gone; the timer ends it.
             return
-        if addr != self.peer:
-            self.owner.unknown_tid(self.sock, addr, n)
+        self.datagram(data, now)
+
+    def on_stranger_readable(self, now: float) -> None:
+        """A datagram reached our TID port from someone other than the peer."""
+        assert self.stranger is not None
+        try:
+            data, addr = self.stranger.recvfrom(RECV_SIZE)
+        except OSError:
             return
-        self.datagram(bytes(buf[:n]), now)
+        if addr == self.peer:  # only possible before the connected socket existed
+            self.datagram(data, now)
+        else:
+            self.owner.unknown_tid(self.stranger, addr, data)
 
     def datagram(self, data: bytes, now: float) -> None:
         """A datagram from our peer."""
         if len(data) > MAX_REQUEST:
             self.owner.malformed("oversized")
             return
-        before = self.transfer.phase
+        t = self.transfer
+        before = t.phase
         try:
-            out = self.transfer.receive(data, now)
+            out = t.receive(data, now)
         except TftpDecodeError as exc:
             self.owner.malformed(exc.reason)
             return
-        self._send(out)
-        self._after(before, now)
+        except OSError as exc:  # reading the file failed
+            self.owner.read_failed(self, exc, now)
+            return
+        if out:
+            if len(out) == 1:
+                # Lockstep (windowsize 1) is the hot path: one datagram, straight out.
+                try:
+                    if self._dest is None:
+                        self.sock.send(out[0])
+                    else:
+                        self.sock.sendto(out[0], self._dest)
+                except OSError:
+                    # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
+                    pass
+            else:
+                self.owner.sender.send(self.sock, out, self._dest)
+        if before is not _DATA or t.phase is not _DATA:
+            self._after(before, out, now)
 
     def on_timeout(self, now: float) -> None:
         """Deadline passed: let the state machine retransmit or give up."""
-        self._send(self.transfer.on_timeout(now))
-        self._after(self.transfer.phase, now)
+        before = self.transfer.phase
+        out = self.transfer.on_timeout(now)
+        self._send(out)
+        self._after(before, out, now)
 
     def fail(self, now: float) -> None:
         """Reading the file failed (EIO, a vanished NFS mount): end this transfer only."""
-        self._send(self.transfer.fail())
-        self._after(self.transfer.phase, now)
+        before = self.transfer.phase
+        out = self.transfer.fail()
+        self._send(out)
+        self._after(before, out, now)
 
     def _send(self, datagrams: list[bytes]) -> None:
-        if not datagrams:
-            return
         if len(datagrams) > 1:
-            self.owner.sender.send(self.sock, datagrams, self.peer)
-        else:
-            # Lockstep (windowsize 1) is the hot path: one datagram, straight out (and no
-            # contextlib.suppress, which costs a context manager per packet).
-            try:  # noqa: SIM105
-                self.sock.sendto(datagrams[0], self.peer)
+            self.owner.sender.send(self.sock, datagrams, self._dest)
+        elif datagrams:
+            try:
+                if self._dest is None:
+                    self.sock.send(datagrams[0])
+                else:
+                    self.sock.sendto(datagrams[0], self._dest)
             except OSError:
-                # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
                 pass
-        last = datagrams[-1]
-        if last[1] == 5:
-            self.owner.error_sent(last[3])
 
-    def _after(self, before: Phase, now: float) -> None:
+    def _after(self, before: Phase, sent: list[bytes], now: float) -> None:
+        # Off the hot path: only when the phase changed or is not DATA. An ERROR the
+        # state machine sends always ends the transfer, so it is counted here.
         t = self.transfer
+        if sent and sent[-1][1] == 5:
+            self.owner.error_sent(sent[-1][3])
         if before is Phase.OACK and t.phase is not Phase.OACK and t.outcome is None:
             self.owner.data_started(self, now)
         if t.done:
             self.owner.finished(self, now)
 
     def close(self) -> None:
-        """Release the socket (our own TID only)."""
-        if self.own_socket:
+        """Release the sockets (our own TID only)."""
+        if self.stranger is not None:
             self.sock.close()
+            self.stranger.close()
 
 
 def outcome_label(outcome: Outcome | None) -> str:

@@ -53,6 +53,9 @@ class Outcome(Enum):
     ERROR = "error"  # the server could not go on (the file became unreadable)
 
 
+_DATA = Phase.DATA
+
+
 class ReadTransfer:
     """Serve one file: OACK, windows of DATA (RFC 7440), retransmit only on timeout."""
 
@@ -69,11 +72,14 @@ class ReadTransfer:
         self._acked = 0  # highest block index acknowledged (unbounded: no 16-bit wrap)
         self._sent = 0  # highest block index ever sent
         self._window_end = 0  # last block index of the window in flight
+        self._ws = params.windowsize
+        self._timeout = params.timeout
+        self._rto_base = params.timeout  # before backoff; follows _srtt
         self._oack = encode(OptionAck(params.granted)) if params.granted else b""
         self.phase = Phase.OACK if self._oack else Phase.DATA
         self.outcome: Outcome | None = None
         self.deadline: float | None = None
-        self.bytes_sent = 0  # payload bytes, first transmissions only
+        self._tail = 0  # payload length of the last block, once sent
         self.retransmits = 0  # blocks sent again after a timeout
         self.peer_error: str = ""
 
@@ -89,36 +95,58 @@ class ReadTransfer:
             return [self._oack]
         return self._send_window(self._acked + 1, now)
 
-    def _rto(self) -> float:
-        base = self.params.timeout
-        if self._srtt is not None:
-            base = min(max(base, 2 * self._srtt), self.params.timeout * MAX_BACKOFF)
-        return base
-
-    def _sample_rtt(self, now: float) -> None:
-        assert self._window_sent_at is not None
-        rtt = now - self._window_sent_at
-        self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent, first transmissions only (every block but the last is full)."""
+        sent = self._sent
+        if sent and sent == self._blocks.last:
+            return (sent - 1) * self.params.blksize + self._tail
+        return sent * self.params.blksize
 
     def _send_window(self, first: int, now: float | None = None) -> list[bytes]:
-        last = self._blocks.last
-        end = first + self.params.windowsize - 1
+        blocks = self._blocks
+        last = blocks.last
+        end = first + self._ws - 1
+        if last is None:
+            return self._send_window_unbounded(first, end, now)
+        # The block count is known (octet, or netascii past its end): no per-block checks.
+        if end > last:
+            end = last
+        packet = blocks.packet
+        out = [packet(first)] if first == end else [packet(i) for i in range(first, end + 1)]
+        sent = self._sent
+        if first <= sent:
+            self.retransmits += min(end, sent) - first + 1
+            self._window_sent_at = None  # Karn: no RTT sample from a resent window
+        else:
+            self._window_sent_at = now
+        if end > sent:
+            self._sent = end
+            if end == last:
+                self._tail = len(out[-1]) - 4
+        self._window_end = end
+        return out
+
+    def _send_window_unbounded(self, first: int, end: int, now: float | None) -> list[bytes]:
+        # Netascii before its end is found: `last` appears only once the short block is made.
         out: list[bytes] = []
-        rtx_before = self.retransmits
+        blocks = self._blocks
+        resent = False
         i = first
-        while i <= end and (last is None or i <= last):
-            pkt = self._blocks.packet(i)
+        while i <= end:
+            pkt = blocks.packet(i)
             out.append(pkt)
             if i > self._sent:
                 self._sent = i
-                self.bytes_sent += len(pkt) - 4
             else:
                 self.retransmits += 1
-            last = self._blocks.last
+                resent = True
+            if blocks.last is not None:  # this was the short, final block
+                self._tail = len(pkt) - 4
+                break
             i += 1
-        self._window_end = i - 1
-        fresh = self.retransmits == rtx_before
-        self._window_sent_at = now if fresh else None
+        self._window_end = first + len(out) - 1
+        self._window_sent_at = None if resent else now
         return out
 
     def fail(self) -> list[bytes]:
@@ -135,11 +163,11 @@ class ReadTransfer:
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         """A datagram from the peer's TID; raises TftpDecodeError if it is garbage."""
-        if self.done:
+        # Fast path for the common case: a well-formed ACK mid-transfer.
+        if len(datagram) == 4 and datagram[1] == 4 and datagram[0] == 0 and self.phase is _DATA:
+            return self._on_data_ack(datagram[2] << 8 | datagram[3], now)
+        if self.phase is Phase.DONE:
             return []
-        # Fast path for the common case: a well-formed ACK.
-        if len(datagram) == 4 and datagram[0] == 0 and datagram[1] == 4:
-            return self._on_ack(datagram[2] << 8 | datagram[3], now)
         pkt = decode(datagram)
         if isinstance(pkt, Ack):
             return self._on_ack(pkt.block, now)
@@ -154,36 +182,50 @@ class ReadTransfer:
         return [encode_error(ErrorCode.ILLEGAL_OPERATION, "only ACK or ERROR expected")]
 
     def _on_ack(self, wire_block: int, now: float) -> list[bytes]:
-        if self.phase is Phase.OACK:
-            if wire_block != 0:
-                return []
-            self.phase = Phase.DATA
-            self._tries = 0
-            self._backoff = 1.0
-            self.deadline = now + self._rto() * self._backoff
-            return self._send_window(1, now)
+        if self.phase is not Phase.OACK:
+            return self._on_data_ack(wire_block, now)
+        if wire_block != 0:
+            return []
+        self.phase = Phase.DATA
+        self._tries = 0
+        self._backoff = 1.0
+        self.deadline = now + self._rto_base * self._backoff
+        return self._send_window(1, now)
+
+    def _on_data_ack(self, wire_block: int, now: float) -> list[bytes]:
         # Map the 16-bit block number onto the unbounded index, forward from the last
         # ACK: rollover past 65535 then needs no special case.
-        ahead = (wire_block - self._acked) & 0xFFFF
-        if ahead == 0 or self._acked + ahead > self._window_end:
+        acked = self._acked
+        ahead = (wire_block - acked) & 0xFFFF
+        end = self._window_end
+        acked += ahead
+        if ahead == 0 or acked > end:
             # Duplicate or stale ACK: never answer it with data (Sorcerer's Apprentice,
             # RFC 1123 §4.2.3.1); only the timer retransmits.
             return []
-        if self._acked + ahead == self._window_end and self._window_sent_at is not None:
-            self._sample_rtt(now)
+        if acked == end and (sent_at := self._window_sent_at) is not None:
+            # Smoothed window round trip (RFC 6298 weights); the timeout before backoff
+            # is 2 x SRTT within [timeout, 8 x timeout].
+            rtt = now - sent_at
+            srtt = self._srtt
+            srtt = self._srtt = rtt if srtt is None else 0.875 * srtt + 0.125 * rtt
+            base, r = self._timeout, srtt + srtt
+            self._rto_base = base if r <= base else min(r, base * MAX_BACKOFF)
             # Karn: keep the backed-off timeout until a window without retransmissions
             # comes back, or a storm never learns its real round trip.
             self._backoff = 1.0
-        self._acked += ahead
-        self._blocks.release(self._acked)
+        self._acked = acked
+        blocks = self._blocks
+        blocks.release(acked)
         self._tries = 0
-        if self._blocks.last is not None and self._acked >= self._blocks.last:
+        last = blocks.last
+        if last is not None and acked >= last:
             self._finish(Outcome.OK)
             return []
-        self.deadline = now + self._rto() * self._backoff
+        self.deadline = now + self._rto_base * self._backoff
         # RFC 7440 §4: an ACK inside the window means blocks after it were lost;
         # the next window starts right after the acknowledged block either way.
-        return self._send_window(self._acked + 1, now)
+        return self._send_window(acked + 1, now)
 
     def on_timeout(self, now: float) -> list[bytes]:
         """The deadline passed: resend the OACK or the window, or give up after `retries`."""
@@ -196,7 +238,7 @@ class ReadTransfer:
         # RFC 1123 §4.2.3.2: back off exponentially, or a slow client in a storm gets
         # its windows again and again and the whole link collapses.
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        self.deadline = now + self._rto() * self._backoff
+        self.deadline = now + self._rto_base * self._backoff
         if self.phase is Phase.OACK:
             self.retransmits += 1
             return [self._oack]
