@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab, sh
 from tests.dhcp_lab import RELAY_IP, LabBootd, dhcp_config, leases_in_db, perfdhcp, udp_send
 from tests.helpers import REPO, bootd_argv
@@ -25,7 +26,7 @@ DHCLIENT_MAC = "52:54:00:aa:00:01"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VethLab, LabBootd, Path]]:
     tmp = tmp_path_factory.mktemp("dhcplab")
-    lab = VethLab("bdh2").up()
+    lab = VethLab(checkout_prefix("bdh2")).up()
     # A relay address on the client side, and the server's route back to it.
     sh("ip", "-n", lab.cli, "addr", "add", f"{RELAY_IP}/24", "dev", lab.cli_if)
     sh("ip", "-n", lab.srv, "route", "add", "10.1.0.0/24", "via", lab.client_ip or "")
@@ -219,19 +220,19 @@ def test_other_interface_gets_no_answer(lab: tuple[VethLab, LabBootd, Path]) -> 
         "ip",
         "link",
         "add",
-        "bdh2x",
+        f"{veth.prefix}x",
         "netns",
         veth.srv,
         "type",
         "veth",
         "peer",
         "name",
-        "bdh2y",
+        f"{veth.prefix}y",
         "netns",
         veth.cli,
     )
-    sh("ip", "-n", veth.srv, "link", "set", "bdh2x", "up")
-    sh("ip", "-n", veth.cli, "link", "set", "bdh2y", "up")
+    sh("ip", "-n", veth.srv, "link", "set", f"{veth.prefix}x", "up")
+    sh("ip", "-n", veth.cli, "link", "set", f"{veth.prefix}y", "up")
     script = tmp / "none.sh"
     script.write_text(f"#!/bin/sh\nenv > {tmp}/other.$1\n")
     script.chmod(0o755)
@@ -247,7 +248,7 @@ def test_other_interface_gets_no_answer(lab: tuple[VethLab, LabBootd, Path]) -> 
             "-T",
             "1",
             "-i",
-            "bdh2y",
+            f"{veth.prefix}y",
             "-s",
             str(script),
         ),
@@ -286,7 +287,7 @@ def test_leases_api_and_cli(lab: tuple[VethLab, LabBootd, Path]) -> None:
 
 
 def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
-    lab = VethLab("bdh3").up()
+    lab = VethLab(checkout_prefix("bdh3")).up()
     cfg = dhcp_config(tmp_path, lab)
     acks = tmp_path / "acks.txt"
     bootd = LabBootd(tmp_path, lab, cfg)
@@ -331,7 +332,7 @@ def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
 
 
 def test_proxy_mode_answers_67_and_4011_without_addresses(tmp_path: Path) -> None:
-    lab = VethLab("bdh4").up()
+    lab = VethLab(checkout_prefix("bdh4")).up()
     cfg = dhcp_config(tmp_path, lab, mode="proxy")
     bootd = LabBootd(tmp_path, lab, cfg)
     try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab
 from bench.storm.anchor import AnchorStack
 from bench.storm.bootd_stack import BootdStack
@@ -47,7 +48,7 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.root
 def test_storm_against_anchor_stack(tmp_path: Path, files: tuple[Path, Path]) -> None:
     """The client harness itself, proven against dnsmasq + nginx."""
-    lab = VethLab(prefix="bst2", client_ip=None)
+    lab = VethLab(prefix=checkout_prefix("bst2"), client_ip=None)
     work = tmp_path / "anchor"
     work.mkdir()
     opts = StormOptions(nodes=NODES, timeout=120, show_progress=False)
@@ -58,7 +59,7 @@ def test_storm_against_anchor_stack(tmp_path: Path, files: tuple[Path, Path]) ->
 @pytest.mark.root
 def test_storm_against_bootd(tmp_path: Path, files: tuple[Path, Path]) -> None:
     """24 virtual nodes boot through bootd completely, no address handed out twice."""
-    lab = VethLab(prefix="bst3", client_ip=None)
+    lab = VethLab(prefix=checkout_prefix("bst3"), client_ip=None)
     work = tmp_path / "bootd"
     work.mkdir()
     opts = StormOptions(nodes=NODES, timeout=120, show_progress=False)

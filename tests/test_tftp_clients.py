@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab, sh
 from tests.helpers import REPO, BootdProcess
 
@@ -36,7 +37,7 @@ SIZES = {
 
 @dataclass
 class Lab:
-    """bootd in `btf1-srv`, clients in `btf1-cli`."""
+    """bootd in `<prefix>-srv`, clients in `<prefix>-cli` (prefix unique per checkout)."""
 
     veth: VethLab
     root: Path
@@ -102,7 +103,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     }
     path = tmp / "bootd.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    veth = VethLab("btf1").up()
+    veth = VethLab(checkout_prefix("btf1")).up()
     proc = BootdProcess(path, cfg, prefix=veth.in_srv())
     try:
         for _ in range(100):
