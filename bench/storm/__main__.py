@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--qemu-timeout", type=float, default=240.0, help="seconds the machines get (TCG is slow)"
     )
+    p.add_argument(
+        "--qemu-nice", type=int, default=10,
+        help="niceness of the QEMU machines (TCG keeps a core busy each; 0: compete as equals)",
+    )  # fmt: skip
     p.add_argument("--stacks", default="bootd,anchor")
     # Two by default: one process's event-loop lag over 640 nodes showed up as TFTP
     # round-trip time (measured: bootd's TFTP stage p50 66 s with one, 12 s with two).
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             link_lab_images(work / "images")
             opts.qemu = args.qemu
             opts.qemu_timeout = args.qemu_timeout
+            opts.qemu_nice = args.qemu_nice
             opts.images = work / "images"
         except Exception as exc:  # any reason the lab cannot build its images: run without
             print(f"storm: no QEMU machines: {exc}", file=sys.stderr)
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_procs": args.client_procs,
             "nginx_workers": args.nginx_workers,
             "qemu": args.qemu,
+            "qemu_nice": args.qemu_nice if args.qemu else None,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stacks": {},

@@ -48,8 +48,9 @@ def link_lab_images(images: Path) -> str:
 class QemuNodes:
     """Alternating SeaBIOS (+ iPXE ROM) and OVMF (native PXE) machines on the server's bridge."""
 
-    def __init__(self, lab: VethLab, count: int, workdir: Path) -> None:
+    def __init__(self, lab: VethLab, count: int, workdir: Path, nice: int = 0) -> None:
         self.lab = lab
+        self.nice = nice
         self.count = count
         self.dir = workdir
         self.macs = machine_macs(count)
@@ -94,7 +95,8 @@ class QemuNodes:
         for i, mac in enumerate(self.macs):
             fw = "bios" if i % 2 == 0 else "uefi"
             spec = MachineSpec(f"storm-{fw}-{i}", fw, mac, f"{self.lab.prefix}t{i}")  # type: ignore[arg-type]
-            m = Machine(spec, self.accel, self.dir, ("ip", "netns", "exec", self.lab.srv))  # type: ignore[arg-type]
+            prefix = ("ip", "netns", "exec", self.lab.srv, "nice", "-n", str(self.nice))
+            m = Machine(spec, self.accel, self.dir, prefix)  # type: ignore[arg-type]
             self.machines.append(m.start())
 
     def wait(self, timeout: float) -> list[dict[str, Any]]:

@@ -46,6 +46,10 @@ class StormOptions:
     show_progress: bool = True
     qemu: int = 0
     qemu_timeout: float = 180.0
+    # Niceness of the QEMU processes. Under TCG each machine keeps a core busy; real
+    # nodes would bring their own CPUs, so on this 2-core box they yield to the servers
+    # (both stacks alike) instead of taking their cores.
+    qemu_nice: int = 10
     images: Path = Path()
     site: StormSite = field(default_factory=StormSite)
 
@@ -166,7 +170,11 @@ def run_storm(lab: VethLab, stack: Stack, opts: StormOptions, workdir: Path) -> 
     try:
         if opts.loss:
             events.append(add_loss(lab, opts.loss))
-        qemu = QemuNodes(lab, opts.qemu, workdir / f"qemu-{stack.name}") if opts.qemu else None
+        qemu = (
+            QemuNodes(lab, opts.qemu, workdir / f"qemu-{stack.name}", opts.qemu_nice)
+            if opts.qemu
+            else None
+        )
         iface = lab.srv_if
         if qemu is not None:
             iface = qemu.plug(opts.site.server_ip, opts.site.prefixlen)
