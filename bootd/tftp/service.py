@@ -29,7 +29,7 @@ from bootd.proto.tftp.packets import (
 )
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import GENERATED, FileCache, SharedFile, ipxe_chain_script
-from bootd.tftp.jail import Refused, jailed_path
+from bootd.tftp.jail import Refused, jailed
 from bootd.tftp.sender import WindowSender
 from bootd.tftp.session import Address, Session
 
@@ -271,9 +271,8 @@ class TftpService:
             self.read_failed(s, exc, now)
 
     def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
-        root = self.cfg.root
-        path = jailed_path(root, filename)
-        if os.path.relpath(path, os.path.realpath(root)) in GENERATED and not os.path.lexists(path):
+        real_root, path = jailed(self.cfg.root, filename)
+        if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
             return MemorySource(ipxe_chain_script(self.ctx.config.http_base_url, mac)), None
         f = self._files.acquire(path)
         return f, f

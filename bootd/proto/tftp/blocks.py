@@ -65,6 +65,16 @@ class OctetBlocks:
             pkt = shared[index - 1] = encode_data(index, self.block(index))
         return pkt
 
+    def packets(self, first: int, end: int) -> list[bytes]:
+        """DATA datagrams of blocks first..end, in order (a window)."""
+        shared = self._shared
+        if shared is None:
+            return [self.packet(i) for i in range(first, end + 1)]
+        out = shared[first - 1 : end]
+        if None in out:  # only while the first transfer of the file is reading it
+            out = [self.packet(i) for i in range(first, end + 1)]
+        return out  # type: ignore[return-value]  # no None left
+
     def release(self, upto: int) -> None:
         """Blocks ≤ upto will not be asked for again (nothing to free here)."""
 
@@ -103,6 +113,10 @@ class NetasciiBlocks:
     def packet(self, index: int) -> bytes:
         """The DATA datagram for block `index`."""
         return encode_data(index, self.block(index))
+
+    def packets(self, first: int, end: int) -> list[bytes]:
+        """DATA datagrams of blocks first..end, in order (a window)."""
+        return [self.packet(i) for i in range(first, end + 1)]
 
     def release(self, upto: int) -> None:
         """Forget start points of acknowledged blocks."""
