@@ -308,6 +308,30 @@ async def test_single_port_mode(cfg_dict: dict[str, Any], root: Path, tmp_path: 
     assert sample(d, "bootd_tftp_transfers_total", result="ok") == 8
 
 
+async def test_busy_server_coalesces_ack_polling(
+    tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bootd.tftp.service as service
+
+    resumed = 0
+    original = service.TftpService._resume_tids
+
+    def counting(self: service.TftpService) -> None:
+        nonlocal resumed
+        resumed += 1
+        original(self)
+
+    # The cap here is 4 transfers: pause from the second one on, as a storm would.
+    monkeypatch.setattr(service, "COALESCE_TRANSFERS", 2)
+    monkeypatch.setattr(service.TftpService, "_resume_tids", counting)
+    results = await asyncio.gather(
+        *(fetch(addr(tftpd), "ipxe.efi", blksize=1468, windowsize=ws) for ws in (1, 1, 4, 16))
+    )
+    digest = sha(root / "ipxe.efi")
+    assert [r.ok and r.sha256 == digest for r in results] == [True] * 4
+    assert resumed > 0 and all(r.resent == 0 for r in results)
+
+
 def test_window_sender_groups_equal_runs() -> None:
     from bootd.tftp.sender import WindowSender
 
