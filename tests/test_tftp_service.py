@@ -196,6 +196,17 @@ async def test_unknown_tid_gets_error_5_and_transfer_goes_on(tftpd: Daemon, root
     assert sample(tftpd, "bootd_tftp_transfers_total", result="ok") == 1
 
 
+async def test_tid_port_cannot_be_shared(tftpd: Daemon) -> None:
+    with udp() as s:
+        s.sendto(rrq("ipxe.efi", "octet", {"blksize": "1468"}), addr(tftpd))
+        _, tid = await recv(s)
+        # The TID sockets had SO_REUSEADDR only while binding: nobody can join them now.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                intruder.bind(tid)
+
+
 async def test_uefi_tsize_probe_is_not_a_failure(
     tftpd: Daemon, caplog: pytest.LogCaptureFixture
 ) -> None:

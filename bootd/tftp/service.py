@@ -314,8 +314,9 @@ class TftpService:
 
         The kernel gives a datagram to the best-matching socket: the connected one for the
         peer, the unconnected one for anyone else (RFC 1350 §4 wants those answered with
-        error 5). The port was picked without SO_REUSEADDR, so it is not shared with any
-        earlier socket; the flag is set after bind only so that the second socket may join.
+        error 5). The port is picked without SO_REUSEADDR, so no earlier socket shares it;
+        the flag is on only while the second socket binds, then cleared on both, so no
+        later socket (another local user's, say) can bind the port and hijack the transfer.
         """
         stranger = self._tid_socket(local_ip)
         try:
@@ -329,6 +330,8 @@ class TftpService:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(stranger.getsockname())
             sock.connect(peer)
+            for s in (stranger, sock):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         except OSError:
             sock.close()
             stranger.close()
