@@ -196,6 +196,17 @@ async def test_unknown_tid_gets_error_5_and_transfer_goes_on(tftpd: Daemon, root
     assert sample(tftpd, "bootd_tftp_transfers_total", result="ok") == 1
 
 
+async def test_tid_port_cannot_be_shared(tftpd: Daemon) -> None:
+    with udp() as s:
+        s.sendto(rrq("ipxe.efi", "octet", {"blksize": "1468"}), addr(tftpd))
+        _, tid = await recv(s)
+        # The TID sockets had SO_REUSEADDR only while binding: nobody can join them now.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                intruder.bind(tid)
+
+
 async def test_uefi_tsize_probe_is_not_a_failure(
     tftpd: Daemon, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -306,6 +317,30 @@ async def test_single_port_mode(cfg_dict: dict[str, Any], root: Path, tmp_path: 
     finally:
         await d.stop()
     assert sample(d, "bootd_tftp_transfers_total", result="ok") == 8
+
+
+async def test_busy_server_coalesces_ack_polling(
+    tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bootd.tftp.service as service
+
+    resumed = 0
+    original = service.TftpService._resume_tids
+
+    def counting(self: service.TftpService) -> None:
+        nonlocal resumed
+        resumed += 1
+        original(self)
+
+    # The cap here is 4 transfers: pause from the second one on, as a storm would.
+    monkeypatch.setattr(service, "COALESCE_TRANSFERS", 2)
+    monkeypatch.setattr(service.TftpService, "_resume_tids", counting)
+    results = await asyncio.gather(
+        *(fetch(addr(tftpd), "ipxe.efi", blksize=1468, windowsize=ws) for ws in (1, 1, 4, 16))
+    )
+    digest = sha(root / "ipxe.efi")
+    assert [r.ok and r.sha256 == digest for r in results] == [True] * 4
+    assert resumed > 0 and all(r.resent == 0 for r in results)
 
 
 def test_window_sender_groups_equal_runs() -> None:

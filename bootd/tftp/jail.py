@@ -20,6 +20,11 @@ class Refused(Exception):
 
 def jailed_path(root: Path, filename: str) -> str:
     """Real path of `filename` under root; raises Refused(ACCESS_VIOLATION) if it escapes."""
+    return jailed(root, filename)[1]
+
+
+def jailed(root: Path, filename: str) -> tuple[str, str]:
+    """(real root, real path of `filename` under it); Refused(ACCESS_VIOLATION) if it escapes."""
     # PXE ROMs written for Windows servers send backslashes; '..\\' must not slip through.
     name = filename.replace("\\", "/")
     if "\0" in name:
@@ -34,4 +39,4 @@ def jailed_path(root: Path, filename: str) -> str:
     real = os.path.realpath(os.path.join(real_root, name))
     if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
         raise Refused(ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink")
-    return real
+    return real_root, real

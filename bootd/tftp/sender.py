@@ -63,12 +63,17 @@ class WindowSender:
     def _run_end(datagrams: list[bytes], i: int) -> int:
         # GSO splits a buffer into segments of one size; only the last may be shorter.
         size = len(datagrams[i])
-        j, total, n = i, 0, len(datagrams)
-        while j < n and j - i < MAX_SEGMENTS:
-            d = len(datagrams[j])
-            if d > size or total + d > MAX_GSO_BYTES:
+        n = len(datagrams)
+        stop = min(n, i + MAX_SEGMENTS, i + MAX_GSO_BYTES // max(size, 1))
+        lens = list(map(len, datagrams[i:stop]))
+        full = lens.count(size)
+        # The usual window: all full-size blocks, the file's short final block maybe last.
+        if full == len(lens) or (full == len(lens) - 1 and lens[-1] < size):
+            return stop
+        j = i
+        for d in lens:
+            if d > size:
                 break
-            total += d
             j += 1
             if d < size:
                 break

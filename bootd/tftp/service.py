@@ -29,7 +29,7 @@ from bootd.proto.tftp.packets import (
 )
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import GENERATED, FileCache, SharedFile, ipxe_chain_script
-from bootd.tftp.jail import Refused, jailed_path
+from bootd.tftp.jail import Refused, jailed
 from bootd.tftp.sender import WindowSender
 from bootd.tftp.session import Address, Session
 
@@ -42,6 +42,13 @@ TICK = 0.05
 LISTEN_RCVBUF = 4 << 20
 # Datagrams read from the listening socket per wakeup, so it cannot starve transfers.
 DRAIN_BATCH = 64
+# With this many transfers in flight, a wakeup that found fewer than COALESCE_BATCH ready
+# TIDs pauses the TID poll for COALESCE_DELAY so that ACKs gather: a storm then costs one
+# wakeup per batch, not one per ACK or two. Every transfer still has its window in flight
+# and a storm's round trip is tens of ms, so 1 ms more is noise; a lone transfer never waits.
+COALESCE_TRANSFERS = 64
+COALESCE_BATCH = 16
+COALESCE_DELAY = 0.001
 
 
 class TftpService:
@@ -68,6 +75,7 @@ class TftpService:
         # TID socket fd → its session's handler (connected socket, or the stranger one).
         self._by_fd: dict[int, Callable[[float], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resume: asyncio.TimerHandle | None = None  # pending end of a coalescing pause
         self._warn = RateLimitedLog(log)
         self._stopping = False
 
@@ -137,6 +145,9 @@ class TftpService:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._loop is not None:
             self._loop.remove_reader(self._tids.fileno())
         self._tids.close()
@@ -165,10 +176,20 @@ class TftpService:
         # Every ready TID in one wakeup; a session that ended earlier in the batch is gone
         # from the table, so its stale event is skipped.
         now, by_fd = self.now(), self._by_fd
-        for fd, _ in self._tids.poll(0, len(by_fd) or 1):
+        events = self._tids.poll(0, len(by_fd) or 1)
+        for fd, _ in events:
             handler = by_fd.get(fd)
             if handler is not None:
                 handler(now)
+        if len(events) < COALESCE_BATCH and len(self._sessions) >= COALESCE_TRANSFERS:
+            assert self._loop is not None
+            self._loop.remove_reader(self._tids.fileno())
+            self._resume = self._loop.call_later(COALESCE_DELAY, self._resume_tids)
+
+    def _resume_tids(self) -> None:
+        assert self._loop is not None
+        self._resume = None
+        self._loop.add_reader(self._tids.fileno(), self._on_tids_readable)
 
     def _on_listen_readable(self) -> None:
         assert self._sock is not None
@@ -271,9 +292,8 @@ class TftpService:
             self.read_failed(s, exc, now)
 
     def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
-        root = self.cfg.root
-        path = jailed_path(root, filename)
-        if os.path.relpath(path, os.path.realpath(root)) in GENERATED and not os.path.lexists(path):
+        real_root, path = jailed(self.cfg.root, filename)
+        if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
             return MemorySource(ipxe_chain_script(self.ctx.config.http_base_url, mac)), None
         f = self._files.acquire(path)
         return f, f
@@ -294,8 +314,9 @@ class TftpService:
 
         The kernel gives a datagram to the best-matching socket: the connected one for the
         peer, the unconnected one for anyone else (RFC 1350 §4 wants those answered with
-        error 5). The port was picked without SO_REUSEADDR, so it is not shared with any
-        earlier socket; the flag is set after bind only so that the second socket may join.
+        error 5). The port is picked without SO_REUSEADDR, so no earlier socket shares it;
+        the flag is on only while the second socket binds, then cleared on both, so no
+        later socket (another local user's, say) can bind the port and hijack the transfer.
         """
         stranger = self._tid_socket(local_ip)
         try:
@@ -309,6 +330,8 @@ class TftpService:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(stranger.getsockname())
             sock.connect(peer)
+            for s in (stranger, sock):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         except OSError:
             sock.close()
             stranger.close()

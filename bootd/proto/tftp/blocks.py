@@ -36,6 +36,10 @@ class MemorySource:
         return self._data[offset : offset + length]
 
 
+# Blocks read at once when filling a shared packet list (64 x 1468 bytes: about 94 KB).
+FILL_BLOCKS = 64
+
+
 class OctetBlocks:
     """Block i (1-based) is the bytes at (i-1)*blksize; a short (maybe empty) block ends it."""
 
@@ -62,8 +66,31 @@ class OctetBlocks:
             return encode_data(index, self.block(index))
         pkt = shared[index - 1]
         if pkt is None:
-            pkt = shared[index - 1] = encode_data(index, self.block(index))
+            self._fill(shared, index)
+            pkt = shared[index - 1]
+            assert pkt is not None
         return pkt
+
+    def _fill(self, shared: list[bytes | None], index: int) -> None:
+        # One read fills the slots of the next FILL_BLOCKS blocks: the first transfer of a
+        # file then costs one pread per FILL_BLOCKS packets, not one per packet.
+        bs = self._blksize
+        end = min(index + FILL_BLOCKS, len(shared) + 1)
+        data = memoryview(self._src.read((index - 1) * bs, (end - index) * bs))
+        for i in range(index, end):
+            if shared[i - 1] is None:
+                off = (i - index) * bs
+                shared[i - 1] = encode_data(i, data[off : off + bs])
+
+    def packets(self, first: int, end: int) -> list[bytes]:
+        """DATA datagrams of blocks first..end, in order (a window)."""
+        shared = self._shared
+        if shared is None:
+            return [self.packet(i) for i in range(first, end + 1)]
+        out = shared[first - 1 : end]
+        if None in out:  # only while the first transfer of the file is reading it
+            out = [self.packet(i) for i in range(first, end + 1)]
+        return out  # type: ignore[return-value]  # no None left
 
     def release(self, upto: int) -> None:
         """Blocks ≤ upto will not be asked for again (nothing to free here)."""
@@ -103,6 +130,10 @@ class NetasciiBlocks:
     def packet(self, index: int) -> bytes:
         """The DATA datagram for block `index`."""
         return encode_data(index, self.block(index))
+
+    def packets(self, first: int, end: int) -> list[bytes]:
+        """DATA datagrams of blocks first..end, in order (a window)."""
+        return [self.packet(i) for i in range(first, end + 1)]
 
     def release(self, upto: int) -> None:
         """Forget start points of acknowledged blocks."""

@@ -160,7 +160,7 @@ def decode(buf: bytes) -> Packet:
     return Error(num, msg.decode("utf-8", "replace"))
 
 
-def encode_data(block: int, payload: bytes) -> bytes:
+def encode_data(block: int, payload: bytes | memoryview) -> bytes:
     """DATA packet; `block` is taken modulo 2**16 (RFC 1350 has no rollover rule)."""
     return _HDR.pack(Opcode.DATA, block & 0xFFFF) + payload
 

@@ -29,6 +29,10 @@ class Blocks(Protocol):
         """DATA datagram of block `index` (1-based)."""
         ...
 
+    def packets(self, first: int, end: int) -> list[bytes]:
+        """DATA datagrams of blocks first..end (a window)."""
+        ...
+
     def release(self, upto: int) -> None:
         """Blocks ≤ upto are acknowledged."""
         ...
@@ -112,8 +116,7 @@ class ReadTransfer:
         # The block count is known (octet, or netascii past its end): no per-block checks.
         if end > last:
             end = last
-        packet = blocks.packet
-        out = [packet(first)] if first == end else [packet(i) for i in range(first, end + 1)]
+        out = [blocks.packet(first)] if first == end else blocks.packets(first, end)
         sent = self._sent
         if first <= sent:
             self.retransmits += min(end, sent) - first + 1
