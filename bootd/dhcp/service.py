@@ -146,12 +146,13 @@ class DhcpService:
 
     def _readable(self, sock: socket.socket, port: int) -> None:
         deadline = time.monotonic() + READ_BUDGET
-        more = True
-        while more and time.monotonic() < deadline:
+        while True:  # at least one burst per wake-up
             try:
                 more = self._read_burst(sock, port)
             finally:
                 self.handler.flush()
+            if not more or time.monotonic() >= deadline:
+                return
 
     def _read_burst(self, sock: socket.socket, port: int) -> bool:
         """Handle up to BURST datagrams; False once the socket is drained."""
