@@ -128,18 +128,7 @@ class Session:
             self.owner.read_failed(self, exc, now)
             return
         if out:
-            if len(out) == 1:
-                # Lockstep (windowsize 1) is the hot path: one datagram, straight out.
-                try:
-                    if self._dest is None:
-                        self.sock.send(out[0])
-                    else:
-                        self.sock.sendto(out[0], self._dest)
-                except OSError:
-                    # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
-                    pass
-            else:
-                self.owner.sender.send(self.sock, out, self._dest)
+            self._send(out)
         if before is not _DATA or t.phase is not _DATA:
             self._after(before, out, now)
 
@@ -158,16 +147,18 @@ class Session:
         self._after(before, out, now)
 
     def _send(self, datagrams: list[bytes]) -> None:
-        if len(datagrams) > 1:
-            self.owner.sender.send(self.sock, datagrams, self._dest)
-        elif datagrams:
+        if len(datagrams) == 1:
+            # Lockstep (windowsize 1) is the hot path: one datagram, straight out.
             try:
                 if self._dest is None:
                     self.sock.send(datagrams[0])
                 else:
                     self.sock.sendto(datagrams[0], self._dest)
             except OSError:
+                # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
                 pass
+        elif datagrams:
+            self.owner.sender.send(self.sock, datagrams, self._dest)
 
     def _after(self, before: Phase, sent: list[bytes], now: float) -> None:
         # Off the hot path: only when the phase changed or is not DATA. An ERROR the
