@@ -195,6 +195,9 @@ class DhcpHandler:
         """ACKs leave only once their leases are committed and fsynced (one batch, one fsync)."""
         try:
             await written
+        except asyncio.CancelledError:  # shutdown past its grace: these ACKs never leave
+            self._in_flight -= len(acks)
+            raise
         except Exception as exc:  # a store failure must cost replies, not the service
             self._store_failed(acks, exc)
             return
