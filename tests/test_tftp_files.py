@@ -11,7 +11,11 @@ from bootd.proto.tftp.blocks import OctetBlocks
 from bootd.proto.tftp.packets import ErrorCode, decode
 from bootd.tftp import files
 from bootd.tftp.files import FileCache, ipxe_chain_script
-from bootd.tftp.jail import Refused, jailed_path
+from bootd.tftp.jail import Refused, jailed
+
+
+def jailed_path(root: Path, name: str) -> str:
+    return jailed(root, name)[1]
 
 
 def test_jail_accepts_inside_and_refuses_outside(tmp_path: Path) -> None:

@@ -172,14 +172,10 @@ class DhcpHandler:
         if acks:
             # The write is queued right here, so the store starts on it while the loop
             # goes on reading; the task only waits for it and then sends the ACKs.
-            try:
-                written = self.leases.persist([lease for _, lease, _, _ in acks])
-            except Exception as exc:  # a store failure must cost replies, not the service
-                self._store_failed(acks, exc)
-            else:
-                task = asyncio.get_running_loop().create_task(self._send_when(written, acks))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+            written = self.leases.persist([lease for _, lease, _, _ in acks])
+            task = asyncio.get_running_loop().create_task(self._send_when(written, acks))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
         events, self._events = self._events, []
         record = self.ctx.timeline.record
         for mac, stage, event, now, detail in events:

@@ -97,16 +97,9 @@ def _proxy(ex: Exchange, pxe_port: int) -> None:
 def server_identity(config: ConfigSource) -> Callable[[Exchange], None]:
     """Option 54 = this server's address (RFC 2132 §9.7)."""
 
-    encoded: dict[str, bytes] = {}  # the configured address, re-encoded only after a reload
-
     def stage(ex: Exchange) -> None:
         if ex.reply is not None:
-            address = config().address
-            sid = encoded.get(address)
-            if sid is None:
-                encoded.clear()
-                sid = encoded[address] = ip_bytes(address)
-            ex.reply.options[Opt.SERVER_ID] = sid
+            ex.reply.options[Opt.SERVER_ID] = ip_bytes(config().address)
 
     return stage
 

@@ -18,11 +18,6 @@ class Refused(Exception):
         self.reason = reason
 
 
-def jailed_path(root: Path, filename: str) -> str:
-    """Real path of `filename` under root; raises Refused(ACCESS_VIOLATION) if it escapes."""
-    return jailed(root, filename)[1]
-
-
 def jailed(root: Path, filename: str) -> tuple[str, str]:
     """(real root, real path of `filename` under it); Refused(ACCESS_VIOLATION) if it escapes."""
     # PXE ROMs written for Windows servers send backslashes; '..\\' must not slip through.

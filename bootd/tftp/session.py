@@ -71,10 +71,9 @@ class Session:
     ) -> None:
         self.sock = sock
         self.stranger = stranger
-        self.own_socket = stranger is not None
         self.peer = peer
-        # Where datagrams go: nowhere to name on a connected socket.
-        self._dest: Address | None = None if self.own_socket else peer
+        # Where datagrams go: nowhere to name on a connected socket (our own TID).
+        self._dest: Address | None = None if stranger is not None else peer
         self.transfer = transfer
         self.filename = filename
         self.mac = mac
