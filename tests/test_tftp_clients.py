@@ -287,3 +287,26 @@ def test_640_concurrent_ipxe_efi(lab: Lab) -> None:
             break
         time.sleep(0.1)
     assert ok - metric(before, "bootd_tftp_transfers_total", result="ok") == 640
+
+
+@pytest.mark.parametrize("window", [1, 8])
+def test_bench_c_client_checks_every_byte(lab: Lab, window: int) -> None:
+    """bench/tftp's C load client: real fetches from bootd, and it notices wrong bytes."""
+    from bench.tftp.__main__ import build_c_client
+
+    client = build_c_client(lab.out)
+    assert client is not None, "no C compiler (make test installs gcc)"
+    base = [str(client), "-s", SERVER, "-f", "small.bin", "-n", "20", "-b", "1468", "-r", "30"]
+    if window > 1:
+        base += ["-w", str(window)]
+    r = lab.cli(*base, "-e", str(lab.root / "small.bin"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["ok"] == 20 and s["correct"] is True and s["errors"] == {}, s
+    assert s["bytes"] == 20 * SIZES["small.bin"]
+    assert s["options"].get("windowsize", "1") == str(window)
+    # Checked against another file of the same kind, the same transfers are not "correct".
+    wrong = lab.out / "not-small.bin"
+    wrong.write_bytes(os.urandom(SIZES["small.bin"]))
+    s = json.loads(lab.cli(*base, "-e", str(wrong)).stdout)
+    assert s["ok"] == 20 and s["correct"] is False, s
