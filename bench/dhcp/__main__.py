@@ -98,7 +98,7 @@ def loss(r: dict[str, Any]) -> float:
     """Fraction of exchanges lost, from perfdhcp's per-exchange drop counters."""
     sent = r.get("sent") or [0]
     drops = r.get("drops") or [0]
-    return sum(drops) / max(1, sent[0])
+    return float(sum(drops)) / max(1, int(sent[0]))
 
 
 def sustained(
@@ -147,6 +147,43 @@ def search(peer: Peer, lab: VethLab, tmp: Path, args: argparse.Namespace) -> dic
     return {"steps": steps, "best": best}
 
 
+def udp_rcvbuf_errors(ns: str) -> int:
+    """UDP datagrams the kernel dropped in a namespace because a socket's buffer was full."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nstat", "-az", "UdpRcvbufErrors"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "UdpRcvbufErrors":
+            return int(parts[1])
+    return 0
+
+
+def avalanche(peer: Peer, lab: VethLab, tmp: Path) -> dict[str, Any]:
+    """One 640-client avalanche against a fresh server, with whose socket dropped what."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    peer.up(tmp)
+    try:
+        cli0, srv0 = udp_rcvbuf_errors(lab.cli), udp_rcvbuf_errors(lab.srv)
+        r = perfdhcp(lab, "-l", lab.cli_if, "--scenario", "avalanche", "-R", "640")
+        res = {k: r.get(k) for k in ("seconds", "provisioned", "resent", "non_unique")}
+        # perfdhcp resends what was lost: replies its own socket could not hold are
+        # counted in the client namespace, requests the server could not hold in the
+        # server's, so each resend can be put on one side or the other (kea-dhcp4 reads
+        # through a raw socket: its own drops are not in these counters).
+        res["dropped_at_client"] = udp_rcvbuf_errors(lab.cli) - cli0
+        res["dropped_at_server"] = udp_rcvbuf_errors(lab.srv) - srv0
+        if peer.name == "bootd":
+            ips = [ip for _, ip in leases_in_db(dhcp_config(tmp, lab))]
+            res["db_leases"] = len(ips)
+            res["db_unique"] = len(set(ips))
+        return res
+    finally:
+        peer.down()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every peer through both scenarios in one lab."""
     out: dict[str, Any] = {"period_s": args.period, "clients": args.clients}
@@ -157,16 +194,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res: dict[str, Any] = {}
             tmp = Path(tempfile.mkdtemp(prefix=f"bench-dhcp-{peer.name}-"))
             try:
-                peer.up(tmp)
-                r = perfdhcp(lab, "-l", lab.cli_if, "--scenario", "avalanche", "-R", "640")
-                res["avalanche"] = {
-                    k: r.get(k) for k in ("seconds", "provisioned", "resent", "non_unique")
-                }
-                if peer.name == "bootd":
-                    ips = [ip for _, ip in leases_in_db(dhcp_config(tmp, lab))]
-                    res["avalanche"]["db_leases"] = len(ips)
-                    res["avalanche"]["db_unique"] = len(set(ips))
-                peer.down()
+                runs = [avalanche(peer, lab, tmp) for _ in range(args.avalanche_runs)]
+                # The median run by time; every run is kept, the distribution is bimodal.
+                res["avalanche"] = dict(
+                    sorted(runs, key=lambda r: r["seconds"] or 0)[len(runs) // 2]
+                )
+                res["avalanche_runs"] = runs
                 found = search(peer, lab, tmp, args)
                 res["sustained_steps"] = found["steps"]
                 res["sustained"] = found["best"]
@@ -192,8 +225,14 @@ def table(out: dict[str, Any]) -> str:
     row("avalanche 640: seconds", lambda r: r["avalanche"].get("seconds"))
     row("avalanche 640: resends", lambda r: r["avalanche"].get("resent"))
     row("avalanche 640: provisioned", lambda r: r["avalanche"].get("provisioned"))
+    row("  drops at client socket", lambda r: r["avalanche"].get("dropped_at_client"))
+    row("  drops at server (UDP) socket", lambda r: r["avalanche"].get("dropped_at_server"))
+
     row("sustained: leases/s (<1%)", lambda r: round(r["sustained"].get("rate", 0)))
     b = out["bootd"]
+    for n in names:
+        runs = " ".join(f"{x['seconds']:.2f} s/{x['resent']:.0f}" for x in out[n]["avalanche_runs"])
+        lines.append(f"avalanche runs, {n}: {runs} (seconds/resends)")
 
     def ratio(mine: float | None, theirs: float | None) -> str:
         return f"x{mine / theirs:.2f}" if mine and theirs else "n/a"
@@ -214,6 +253,9 @@ def main() -> None:
     ap.add_argument("--period", type=int, default=5, help="seconds per sustained run")
     ap.add_argument("--only", default="", help="comma-separated subset: bootd,dnsmasq,kea")
     ap.add_argument("--clients", type=int, default=30000)
+    ap.add_argument(
+        "--avalanche-runs", type=int, default=3, help="avalanches per server (median shown)"
+    )
     args = ap.parse_args()
     reason = can_netns()
     if reason:
