@@ -21,6 +21,7 @@ import asyncio
 import errno
 import os
 import socket
+from dataclasses import dataclass, field
 
 
 class BootdLoop(asyncio.SelectorEventLoop):
@@ -42,35 +43,23 @@ class BootdLoop(asyncio.SelectorEventLoop):
         _NativeSendfile(self, fut, sock, fileno, offset, count, blocksize, total_sent).step()
 
 
+@dataclass(slots=True)
 class _NativeSendfile:
     """One os.sendfile transfer: the socket's writer callback from the first EAGAIN to the end."""
 
-    __slots__ = (
-        "blocksize", "count", "fd", "fileno", "fut", "loop", "offset", "registered",
-        "sock", "total_sent",
-    )  # fmt: skip
+    loop: asyncio.AbstractEventLoop
+    fut: asyncio.Future[int]
+    sock: socket.socket
+    fileno: int
+    offset: int
+    count: int
+    blocksize: int
+    total_sent: int
+    registered: bool = False
+    fd: int = field(init=False)
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fut: asyncio.Future[int],
-        sock: socket.socket,
-        fileno: int,
-        offset: int,
-        count: int,
-        blocksize: int,
-        total_sent: int,
-    ) -> None:
-        self.loop = loop
-        self.fut = fut
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.fileno = fileno
-        self.offset = offset
-        self.count = count
-        self.blocksize = blocksize
-        self.total_sent = total_sent
-        self.registered = False
+    def __post_init__(self) -> None:
+        self.fd = self.sock.fileno()
 
     def step(self) -> None:
         """Send what the socket takes now; end the transfer at EOF, on error or at count."""
