@@ -242,6 +242,10 @@ int main(int argc, char **argv) {
         }
     }
     if (!server_ip || !file || !expect_path || n <= 0) usage();
+    if (strlen(file) > 400) {
+        fprintf(stderr, "tftpload: file name too long for one request\n");
+        return 2;
+    }
 
     int efd = open(expect_path, O_RDONLY);
     struct stat st;
