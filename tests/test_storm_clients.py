@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from pathlib import Path
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -126,3 +128,23 @@ def test_script_that_gives_up_fails() -> None:
         asyncio.run(ipxescript.run("http://h/s", "#!ipxe\necho no params\nexit 1\n", {}, host))
     with pytest.raises(ipxescript.ScriptFailed, match="not an iPXE script"):
         asyncio.run(ipxescript.run("http://h/s", "<html>", {}, host))
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="kernel without CONFIG_SCHED_AUTOGROUP"
+)
+def test_qemu_machines_yield_through_their_autogroup() -> None:
+    """A machine's session gets the niceness too (plain nice only ranks inside a session)."""
+    from bench.storm.machines import yield_autogroup
+
+    ours = Path("/proc/self/autogroup").read_text()
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        yield_autogroup(proc.pid, 10)
+        assert Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1] == "10"
+        assert (
+            Path("/proc/self/autogroup").read_text() == ours
+        )  # the bench's session keeps its share
+    finally:
+        proc.kill()
+        proc.wait()
