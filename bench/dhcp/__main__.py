@@ -1,4 +1,10 @@
-"""python -m bench.dhcp [--start-rate 500] [--period 5] [--only bootd,kea]: writes bench/results/dhcp.json."""
+"""python -m bench.dhcp [--start-rate 500] [--period 5] [--only bootd,kea]: writes bench/results/dhcp.json.
+
+Every server runs through both scenarios once per `--rmem-default` value (the
+system's, then 4 MiB): perfdhcp's one socket takes its receive buffer from that
+global default, and at the default it drops replies a server sends in bursts.
+Socket drops are counted in both namespaces, so each loss is put on its side.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""`python -m bench.tftp`: bootd vs dnsmasq vs tftpd-hpa, same lab, same client, same run."""
+"""`python -m bench.tftp`: bootd vs dnsmasq vs tftpd-hpa, same lab, same client, same run.
+
+The client is tftpload.c (built with cc here; one epoll loop for all transfers,
+every block checked against the file), so that the servers, not the client, set
+the pace on a 2-core machine. `--client python` runs the asyncio client instead.
+"""
 
 from __future__ import annotations
 
