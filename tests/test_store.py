@@ -36,6 +36,17 @@ async def test_many_writes_share_few_commits(db: Database) -> None:
     assert db.commits < 1000  # batched, not one fsync per write
 
 
+async def test_background_writes_linger_and_an_awaited_write_ends_the_wait(db: Database) -> None:
+    """Timeline-style writes trickling in share commits; a write someone awaits goes at once."""
+    before = db.commits
+    for i in range(20):
+        db.write_nowait(lambda c, i=i: c.execute("INSERT INTO t(k, v) VALUES (?, ?)", (i, f"b{i}")))
+        await asyncio.sleep(0.002)  # an idle writer used to commit each one alone
+    await db.write(lambda c: None)  # barrier: commits everything queued before it
+    assert db.read("SELECT COUNT(*) FROM t")[0][0] == 20
+    assert db.commits - before < 20
+
+
 async def test_one_failing_write_does_not_sink_the_batch(db: Database) -> None:
     ok = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (1, 'a')"))
     dup = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (2, 'a')"))

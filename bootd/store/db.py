@@ -8,6 +8,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ T = TypeVar("T")
 
 # How many queued writes one transaction takes at most; bounds commit latency.
 MAX_BATCH = 4096
+# How long the writer holds a batch of background writes (nobody awaits them) open
+# for more to join it; an awaited write is committed without waiting.
+LINGER = 0.05
 
 
 @dataclass(frozen=True)
@@ -143,15 +147,31 @@ class Database:
             if first is None:
                 break
             batch = [first]
+            waiting = first[1] is not None  # someone awaits this batch: commit at once
+            linger_until: float | None = None
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    if waiting:
+                        break
+                    # Only background rows so far (timeline events, releases): gather
+                    # a little longer, so a storm's events cost a few commits a second
+                    # instead of one per loop turn. An awaited write ends the wait.
+                    now = time.monotonic()
+                    if linger_until is None:
+                        linger_until = now + LINGER
+                    if now >= linger_until:
+                        break
+                    try:
+                        item = self._queue.get(timeout=linger_until - now)
+                    except queue.Empty:
+                        break
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
+                waiting = waiting or item[1] is not None
             self._commit_batch(conn, batch)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
