@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 # draining a 32 MB rootfs costs the client a few syscalls, not a 32 MB memcpy.
 MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
 CHUNK = 1 << 20
-# Wake the drain only when this much is queued (SO_RCVLOWAT): fewer wakeups per megabyte.
-LOWAT = 256 << 10
+# Wake the drain only when this much is queued (SO_RCVLOWAT): fewer wakeups per megabyte
+# (1 MiB rather than 256 KiB: client CPU in the storm 15.1 -> 12.6 s for bootd, 19.4 -> 16.5 s
+# for the anchor).
+LOWAT = 1 << 20
 # Bodies we keep (scripts, cloud-init) are small; anything past this is a client error.
 MAX_KEPT_BODY = 4 << 20
 MAX_HEADER = 64 << 10
