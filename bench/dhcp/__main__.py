@@ -109,32 +109,46 @@ def loss(r: dict[str, Any]) -> float:
     return float(sum(drops)) / max(1, int(sent[0]))
 
 
+@contextlib.contextmanager
+def fresh_server(peer: Peer, lab: VethLab, tmp: Path) -> Iterator[dict[str, int]]:
+    """The peer on an empty state dir; the dict gets the socket drops counted meanwhile.
+
+    perfdhcp resends what was lost: replies its own socket could not hold are counted
+    in the client namespace, requests the server could not hold in the server's, so
+    each loss can be put on one side or the other (kea-dhcp4 reads through a raw
+    socket: its own drops are not in these counters).
+    """
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    peer.up(tmp)
+    drops: dict[str, int] = {}
+    try:
+        cli0, srv0 = udp_rcvbuf_errors(lab.cli), udp_rcvbuf_errors(lab.srv)
+        yield drops
+        drops["dropped_at_client"] = udp_rcvbuf_errors(lab.cli) - cli0
+        drops["dropped_at_server"] = udp_rcvbuf_errors(lab.srv) - srv0
+    finally:
+        peer.down()
+
+
 def sustained(
     peer: Peer, lab: VethLab, tmp: Path, rate: int, period: int, clients: int
 ) -> dict[str, Any]:
     """One perfdhcp -r run against a fresh server (empty lease store)."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    peer.up(tmp)
-    try:
-        cli0, srv0 = udp_rcvbuf_errors(lab.cli), udp_rcvbuf_errors(lab.srv)
+    with fresh_server(peer, lab, tmp) as drops:
         r = perfdhcp(
             lab, "-l", lab.cli_if, "-r", str(rate), "-R", str(clients), "-p", str(period),
             "-W", "2000000", timeout=period + 60,
         )  # fmt: skip
-        dropped = (udp_rcvbuf_errors(lab.cli) - cli0, udp_rcvbuf_errors(lab.srv) - srv0)
-    finally:
-        peer.down()
-    sent, drops = r.get("sent") or [0, 0], r.get("drops") or [0, 0]
-    acked = sent[-1] - drops[-1] if len(sent) > 1 else 0
+    sent, drops_per_exchange = r.get("sent") or [0, 0], r.get("drops") or [0, 0]
+    acked = sent[-1] - drops_per_exchange[-1] if len(sent) > 1 else 0
     # perfdhcp's own "Rate" divides by the run plus the -W wait; ACKs per second of run is fairer.
     return {
         "offered": rate,
         "rate": round(acked / period, 1),
         "perfdhcp_rate": r.get("rate", 0.0),
         "loss": round(loss(r), 4),
-        "dropped_at_client": dropped[0],
-        "dropped_at_server": dropped[1],
+        **drops,
     }
 
 
@@ -174,26 +188,14 @@ def udp_rcvbuf_errors(ns: str) -> int:
 
 def avalanche(peer: Peer, lab: VethLab, tmp: Path) -> dict[str, Any]:
     """One 640-client avalanche against a fresh server, with whose socket dropped what."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    peer.up(tmp)
-    try:
-        cli0, srv0 = udp_rcvbuf_errors(lab.cli), udp_rcvbuf_errors(lab.srv)
+    with fresh_server(peer, lab, tmp) as drops:
         r = perfdhcp(lab, "-l", lab.cli_if, "--scenario", "avalanche", "-R", "640")
         res = {k: r.get(k) for k in ("seconds", "provisioned", "resent", "non_unique")}
-        # perfdhcp resends what was lost: replies its own socket could not hold are
-        # counted in the client namespace, requests the server could not hold in the
-        # server's, so each resend can be put on one side or the other (kea-dhcp4 reads
-        # through a raw socket: its own drops are not in these counters).
-        res["dropped_at_client"] = udp_rcvbuf_errors(lab.cli) - cli0
-        res["dropped_at_server"] = udp_rcvbuf_errors(lab.srv) - srv0
         if peer.name == "bootd":
             ips = [ip for _, ip in leases_in_db(dhcp_config(tmp, lab))]
             res["db_leases"] = len(ips)
             res["db_unique"] = len(set(ips))
-        return res
-    finally:
-        peer.down()
+    return {**res, **drops}
 
 
 RMEM_DEFAULT = Path("/proc/sys/net/core/rmem_default")
@@ -269,7 +271,6 @@ def table(out: dict[str, Any]) -> str:
     row("avalanche 640: provisioned", lambda r: r["avalanche"].get("provisioned"))
     row("  drops at client socket", lambda r: r["avalanche"].get("dropped_at_client"))
     row("  drops at server (UDP) socket", lambda r: r["avalanche"].get("dropped_at_server"))
-
     row("sustained: leases/s (<1%)", lambda r: round(r["sustained"].get("rate", 0)))
     b = out["bootd"]
     for n in names:

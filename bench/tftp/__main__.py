@@ -69,15 +69,15 @@ def run_clients(
             str(client), "-s", lab.server_ip, "-f", file, "-e", str(root / file),
             "-n", str(n), "-b", str(blksize), "-r", "30",
         ]  # fmt: skip
-        if windowsize > 1:
-            argv += ["-w", str(windowsize)]
+        window_flag = "-w"
     else:
         argv = [
             sys.executable, "-m", "bench.tftp.storm", "--server", lab.server_ip, "--file", file,
             "-n", str(n), "--blksize", str(blksize), "--retries", "30",
         ]  # fmt: skip
-        if windowsize > 1:
-            argv += ["--windowsize", str(windowsize)]
+        window_flag = "--windowsize"
+    if windowsize > 1:
+        argv += [window_flag, str(windowsize)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(lab.in_cli(*argv), capture_output=True, text=True, timeout=1800)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
