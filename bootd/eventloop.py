@@ -22,10 +22,17 @@ import errno
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bootd.http.streamers import SendfileWorkers
 
 
 class BootdLoop(asyncio.SelectorEventLoop):
     """SelectorEventLoop whose native sendfile keeps one writer registered per transfer."""
+
+    # Set by the HTTP service: worker processes that stream files for this loop.
+    sendfile_workers: SendfileWorkers | None = None
 
     def _sock_sendfile_native_impl(
         self,
@@ -38,8 +45,12 @@ class BootdLoop(asyncio.SelectorEventLoop):
         blocksize: int,
         total_sent: int,
     ) -> None:
-        # asyncio's _sock_sendfile_native calls this once per transfer; the
-        # transfer object carries on from there.
+        # asyncio's _sock_sendfile_native calls this once per transfer; a worker
+        # process or the transfer object carries on from there.
+        workers = self.sendfile_workers
+        if workers is not None and workers.enabled:
+            workers.transfer(fut, sock, fileno, offset, count, total_sent)
+            return
         _NativeSendfile(self, fut, sock, fileno, offset, count, blocksize, total_sent).step()
 
 

@@ -78,3 +78,11 @@ def test_macs_are_not_base60_numbers() -> None:
 
     data = safe_load("- {mac: 52:54:00:00:00:01, n: 12, f: 1.5, o: 0x10}\n")
     assert data == [{"mac": "52:54:00:00:00:01", "n": 12, "f": 1.5, "o": 16}]
+
+
+def test_sendfile_workers_auto_or_a_count() -> None:
+    assert parse_config({}).http.sendfile_workers == "auto"
+    assert parse_config({"http": {"sendfile_workers": 3}}).http.sendfile_workers == 3
+    for bad in (-1, "many", 65):
+        errs = errors_of({"http": {"sendfile_workers": bad}})
+        assert errs and all(e.startswith("http.sendfile_workers") for e in errs), errs

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BootdProcess
+from tests.helpers import BootdProcess, base_config, write_config
 
 FIVE_GIB = 5 * 1024**3
 
@@ -175,3 +175,56 @@ def test_timeline_records_kernel_initrd_rootfs(bootd_proc: BootdProcess, images:
     assert metric(bootd_proc, "bootd_http_bytes_total", 'route="/images/{path}"') >= 800_000
     # A client hanging up is routine, not an error with a traceback.
     assert "Traceback" not in bootd_proc.log() and "Error handling" not in bootd_proc.log()
+
+
+def pump_children(pid: int) -> list[int]:
+    """bootd's sendfile worker processes, from /proc."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids if b"bootd.http.pump" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+def gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "sigkill"])
+def test_sendfile_workers_stream_and_leave_with_the_daemon(tmp_path: Path, ending: str) -> None:
+    """http.sendfile_workers: 2 → two pump processes serve the bytes; none outlives bootd."""
+    cfg = base_config(tmp_path, http={"sendfile_workers": 2})
+    body = os.urandom(3 * 1024 * 1024 + 7)
+    (Path(cfg["http"]["images"]) / "big.bin").write_bytes(body)
+    proc = BootdProcess(write_config(tmp_path, cfg), cfg)
+    try:
+        proc.wait_ready()
+        workers = pump_children(proc.proc.pid)
+        assert len(workers) == 2
+        url = f"{proc.url}/images/big.bin"
+        assert curl(url)[2] == body
+        assert curl("-r", "1000-2000999", url)[2] == body[1000:2001000]
+    finally:
+        if ending == "sigterm":
+            assert proc.stop() == 0
+        else:
+            proc.kill()
+    # Stopped or killed, the daemon takes its workers with it (EOF on their control socket).
+    assert gone(workers)
+
+
+def test_sendfile_workers_zero_streams_in_process(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path, http={"sendfile_workers": 0})
+    (Path(cfg["http"]["images"]) / "a.bin").write_bytes(b"x" * 100_000)
+    proc = BootdProcess(write_config(tmp_path, cfg), cfg)
+    try:
+        proc.wait_ready()
+        assert pump_children(proc.proc.pid) == []
+        assert curl(f"{proc.url}/images/a.bin")[2] == b"x" * 100_000
+    finally:
+        proc.stop()

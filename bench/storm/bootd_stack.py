@@ -161,7 +161,7 @@ class BootdStack:
         return int(r.stdout or 0)
 
     def pids(self) -> dict[str, list[int]]:
-        """The one bootd process."""
+        """The bootd process (the sampler adds its sendfile workers)."""
         return {"bootd": [self.proc.pid] if self.proc else []}
 
     def restart(self) -> float:

@@ -101,8 +101,21 @@ def read_proc(pid: int) -> tuple[float, int, int] | None:
     return cpu, rss, hwm
 
 
+def children(pid: int) -> list[int]:
+    """A process's children now (worker processes), from /proc; [] if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
 class Sampler:
-    """Samples named process groups every `interval` s in a thread; cumulative across restarts."""
+    """Samples named process groups every `interval` s in a thread; cumulative across restarts.
+
+    A group is its processes and their children at each sample (nginx's workers,
+    bootd's sendfile workers, any started later), so no server's helpers go uncounted.
+    """
 
     def __init__(self, pids: dict[str, list[int]], t0: float, interval: float = 0.25) -> None:
         self.t0 = t0
@@ -143,7 +156,9 @@ class Sampler:
             for name, pids in self._pids.items():
                 st = self.stats[name]
                 rss = 0
-                for pid in pids:
+                kids = [k for pid in pids for k in children(pid)]
+                self._seen[name].update(kids)
+                for pid in dict.fromkeys([*pids, *kids]):
                     got = read_proc(pid)
                     if got is not None:
                         self._last_cpu[pid] = got[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,9 @@ class HttpConfig(BaseModel):
     script_retries: int = Field(default=6, ge=0, le=100)
     script_retry_base: float = Field(default=2.0, gt=0, le=600)
     script_retry_max: float = Field(default=60.0, gt=0, le=3600)
+    # Processes that stream image bytes (sendfile) beside the event loop, as nginx's
+    # workers do; 0 streams in the daemon itself. auto: one per CPU beyond the first, ≤ 4.
+    sendfile_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
 
 
 class ApiConfig(BaseModel):
