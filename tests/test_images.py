@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -186,6 +187,14 @@ def pump_children(pid: int) -> list[int]:
     return [int(k) for k in kids if b"bootd.http.pump" in Path(f"/proc/{k}/cmdline").read_bytes()]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def gone(pids: list[int], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -211,6 +220,11 @@ def test_sendfile_workers_stream_and_leave_with_the_daemon(tmp_path: Path, endin
         assert curl("-r", "1000-2000999", url)[2] == body[1000:2001000]
     finally:
         if ending == "sigterm":
+            # systemctl stop signals the whole cgroup: workers wait for the daemon's word.
+            for pid in workers:
+                os.kill(pid, signal.SIGTERM)
+            time.sleep(0.2)
+            assert all(running(p) for p in workers)
             assert proc.stop() == 0
         else:
             proc.kill()

@@ -141,9 +141,11 @@ class Pump:
 
 def main(argv: list[str]) -> int:
     """Entry point: argv[1] is the inherited control socket's fd."""
-    # The daemon decides when streaming stops: Ctrl-C in a terminal reaches the
-    # whole process group, and the daemon closes this end when it is done.
+    # The daemon decides when streaming stops. Ctrl-C reaches the whole process
+    # group and `systemctl stop` signals the whole cgroup, but in-flight images are
+    # to finish within the daemon's shutdown grace: it closes this end when done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = socket.socket(fileno=int(argv[1]))
     control.setblocking(False)
     Pump(control).run()
