@@ -2,7 +2,8 @@
 
 1. Image storm: wrk with N connections, each fetching kernel, initrd and rootfs in turn;
    aggregate throughput and server CPU per GB of bootd, nginx and (as the reference for
-   what asyncio sendfile can do) stock aiohttp FileResponse; bootd's peak RSS (VmRSS).
+   what asyncio sendfile can do) stock aiohttp FileResponse; bootd's peak RSS (VmRSS,
+   its sendfile workers included).
 2. Boot scripts: 10,000 nodes stored, N concurrent connections asking for random nodes;
    wrk's latency percentiles (plus one connection alone, the pure service time).
 
@@ -91,40 +92,46 @@ async def seed_nodes(state_dir: Path, count: int) -> None:
 
 
 class RssSampler(threading.Thread):
-    """Peak VmRSS of a process, sampled every 50 ms."""
+    """Peak VmRSS of a process and its children, sampled every 50 ms."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                text = Path(f"/proc/{self.pid}/status").read_text()
-            except OSError:
-                return
-            m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-            if m:
-                self.peak_kb = max(self.peak_kb, int(m.group(1)))
+        while not self.stop.is_set() and Path(f"/proc/{self.pid}").exists():
+            self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
             time.sleep(0.05)
 
 
-def rss_kb(pid: int) -> int:
-    m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    return int(m.group(1)) if m else 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process and its children (nginx: master plus workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def process_tree(pid: int) -> list[int]:
+    """A server process and its children (nginx's workers, bootd's sendfile workers)."""
     pids = [pid]
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             pids += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a server process and its children."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+        except OSError:
+            continue
+        total += int(m.group(1)) if m else 0
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and its children (nginx: master plus workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
