@@ -151,7 +151,9 @@ class Daemon:
         """Stop accepting, let transfers finish within the grace period, flush the store."""
         grace = self.config.shutdown_grace
         await asyncio.gather(*(svc.stop(grace) for svc in reversed(self.services)))
-        await asyncio.get_running_loop().run_in_executor(None, self.db.close)
+        # On the loop's own thread: the store's socket is registered with this loop.
+        # Everything else has stopped; this waits only for the last commit.
+        self.db.close()
 
 
 async def run(config: Config, config_path: Path | None) -> int:

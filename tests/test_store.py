@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bootd.boot.node import Node, node_from_dict, normalize_mac
-from bootd.store.db import Database, Migration
+from bootd.store.db import Database, Migration, StoreError
 from bootd.store.nodes import SCHEMA as NODES
 from bootd.store.nodes import NodeInventory
 from bootd.timeline.recorder import SCHEMA as TIMELINE
 from bootd.timeline.recorder import TimelineRecorder
+from tests.helpers import REPO
 
 T = Migration("t", 1, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+INS = "INSERT INTO t(k, v) VALUES (?, ?)"
+
+
+def insert_row(conn: sqlite3.Connection, k: int, v: str) -> int:
+    """A writer job (module level: jobs are pickled by name)."""
+    return int(conn.execute(INS, (k, v)).lastrowid or 0)
+
+
+def barrier(conn: sqlite3.Connection) -> None:
+    """A job that writes nothing: awaiting it means everything before is committed."""
 
 
 @pytest.fixture
@@ -27,10 +42,7 @@ def db(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def test_many_writes_share_few_commits(db: Database) -> None:
-    def ins(i: int):  # type: ignore[no-untyped-def]
-        return lambda c: c.execute("INSERT INTO t(k, v) VALUES (?, ?)", (i, f"v{i}")).lastrowid
-
-    results = await asyncio.gather(*(db.write(ins(i)) for i in range(1000)))
+    results = await asyncio.gather(*(db.write(insert_row, i, f"v{i}") for i in range(1000)))
     assert results == list(range(1000))
     assert db.read("SELECT COUNT(*) FROM t")[0][0] == 1000
     assert db.commits < 1000  # batched, not one fsync per write
@@ -40,17 +52,17 @@ async def test_background_writes_linger_and_an_awaited_write_ends_the_wait(db: D
     """Timeline-style writes trickling in share commits; a write someone awaits goes at once."""
     before = db.commits
     for i in range(20):
-        db.write_nowait(lambda c, i=i: c.execute("INSERT INTO t(k, v) VALUES (?, ?)", (i, f"b{i}")))
+        db.write_nowait(insert_row, i, f"b{i}")
         await asyncio.sleep(0.002)  # an idle writer used to commit each one alone
-    await db.write(lambda c: None)  # barrier: commits everything queued before it
+    await db.write(barrier)  # commits everything queued before it
     assert db.read("SELECT COUNT(*) FROM t")[0][0] == 20
     assert db.commits - before < 20
 
 
 async def test_one_failing_write_does_not_sink_the_batch(db: Database) -> None:
-    ok = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (1, 'a')"))
-    dup = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (2, 'a')"))
-    ok2 = db.write(lambda c: c.execute("INSERT INTO t(k, v) VALUES (3, 'c')"))
+    ok = db.write(insert_row, 1, "a")
+    dup = db.write(insert_row, 2, "a")
+    ok2 = db.write(insert_row, 3, "c")
     res = await asyncio.gather(ok, dup, ok2, return_exceptions=True)
     assert isinstance(res[1], sqlite3.IntegrityError)
     assert [r[0] for r in db.read("SELECT k FROM t ORDER BY k")] == [1, 3]
@@ -105,7 +117,7 @@ async def test_timeline_survives_reload_and_counts_retries(db: Database) -> None
     tl.record(mac, "tftp", "start", 101.0)
     tl.record(mac, "tftp", "start", 103.0)
     tl.record(mac, "tftp", "end", 104.0, nbytes=1000)
-    await db.write(lambda c: None)  # barrier: everything queued before is committed
+    await db.write(barrier)  # everything queued before is committed
     again = TimelineRecorder(db)
     again.load()
     t = again.get(mac)
@@ -116,3 +128,71 @@ async def test_timeline_survives_reload_and_counts_retries(db: Database) -> None
     # After phoning home, the next firmware DHCP starts boot #2.
     tl.record(mac, "booted", "event", 110.0)
     assert tl.record(mac, "dhcp", "event", 200.0).boot_id == 2
+
+
+def unpicklable_result(conn: sqlite3.Connection) -> object:
+    return lambda: None  # a lambda does not pickle
+
+
+async def test_bad_jobs_fail_alone_with_a_clear_error(db: Database) -> None:
+    with pytest.raises(StoreError, match="does not pickle"):
+        db.submit(lambda c: None)  # jobs are pickled by name: a lambda cannot be
+    with pytest.raises(StoreError, match="function"):
+        await db.write(unpicklable_result)
+    assert await db.write(insert_row, 7, "still fine") == 7
+
+
+async def test_a_dead_writer_fails_its_jobs_and_is_replaced(db: Database) -> None:
+    await db.write(insert_row, 1, "before")
+    proc = db._proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)  # hold this write in the writer, then kill it
+    pending = db.submit(insert_row, 2, "lost")
+    await asyncio.sleep(0.05)
+    proc.kill()
+    with pytest.raises(StoreError, match="exited"):
+        await pending
+    assert db._proc is not None and db._proc.pid != proc.pid
+    assert await db.write(insert_row, 3, "after") == 3
+    assert [r[0] for r in db.read("SELECT k FROM t ORDER BY k")] == [1, 3]
+
+
+def test_jobs_handed_over_before_the_daemon_dies_are_committed(tmp_path: Path) -> None:
+    """kill -9 of the daemon: the writer sees EOF, commits what it was sent, and exits."""
+    path = tmp_path / "k.sqlite3"
+    script = (
+        "import os, signal, sys\n"
+        "from bootd.store.db import Database\n"
+        "from tests.test_store import T, insert_row\n"
+        f"db = Database({str(path)!r}); db.open([T])\n"
+        "for i in range(500): db.write_nowait(insert_row, i, f'r{i}')\n"
+        "print(db._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    writer = int(r.stdout.split()[0])
+    for _ in range(200):
+        if not Path(f"/proc/{writer}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{writer}").exists()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 500
+    conn.close()
+
+
+async def test_close_commits_everything_and_stops_the_writer(tmp_path: Path) -> None:
+    d = Database(tmp_path / "c.sqlite3")
+    d.open([T, *TIMELINE])
+    tl = TimelineRecorder(d)
+    for i in range(50):
+        tl.record(f"52:54:00:00:00:{i:02x}", "dhcp", "event", 100.0 + i)
+    proc = d._proc
+    d.close()  # no await in between: the rows are still held for coalescing
+    assert proc is not None and proc.poll() == 0
+    conn = sqlite3.connect(tmp_path / "c.sqlite3")
+    assert conn.execute("SELECT COUNT(*) FROM boot_events").fetchone()[0] == 50
+    conn.close()

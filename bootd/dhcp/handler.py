@@ -187,7 +187,7 @@ class DhcpHandler:
             self._count("request", "store-error")
         self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
 
-    async def _send_when(self, written: Awaitable[None], acks: list[PendingAck]) -> None:
+    async def _send_when(self, written: Awaitable[object], acks: list[PendingAck]) -> None:
         """ACKs leave only once their leases are committed and fsynced (one batch, one fsync)."""
         try:
             await written

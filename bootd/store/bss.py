@@ -102,78 +102,74 @@ class BssStore:
     async def add(self, bp: BootParams) -> None:
         """POST: store new keys; refuses (BssConflict) if any of them exists, changing nothing."""
         keys, data, now = bp.keys(), bp.data(), time.time()
-
-        def tx(conn: sqlite3.Connection) -> None:
-            taken = [
-                k
-                for k in keys
-                if conn.execute("SELECT 1 FROM bss_params WHERE kind = ? AND key = ?", k).fetchone()
-            ]
-            if taken:
-                raise BssConflict(f"boot parameters already exist for {_describe(taken)}")
-            _upsert(conn, keys, data, now)
-
-        await self._db.write(tx)
+        await self._db.write(_add, keys, data, now)
         for k in keys:
             self._index[k] = data
 
     async def put(self, bp: BootParams) -> None:
         """PUT: replace (or create) the data of every named key."""
         keys, data, now = bp.keys(), bp.data(), time.time()
-
-        def tx(conn: sqlite3.Connection) -> None:
-            _upsert(conn, keys, data, now)
-
-        await self._db.write(tx)
+        await self._db.write(_upsert, keys, data, now)
         for k in keys:
             self._index[k] = data
 
     async def patch(self, bp: BootParams) -> None:
         """PATCH: change only the given fields; BssNotFound (nothing changed) if a key is unknown."""
         keys, now = bp.keys(), time.time()
-
-        def tx(conn: sqlite3.Connection) -> dict[Key, BootData]:
-            out: dict[Key, BootData] = {}
-            missing: list[Key] = []
-            for k in keys:
-                row = conn.execute(
-                    "SELECT * FROM bss_params WHERE kind = ? AND key = ?", k
-                ).fetchone()
-                if row is None:
-                    missing.append(k)
-                else:
-                    out[k] = bp.patch(_row_data(row))
-            if missing:
-                raise BssNotFound(f"no boot parameters for {_describe(missing)}")
-            for (kind, key), d in out.items():
-                conn.execute(_UPSERT, (kind, key, d.kernel, d.initrd, d.params, d.cloud_init, now))
-            return out
-
-        self._index.update(await self._db.write(tx))
+        self._index.update(await self._db.write(_patch, bp, keys, now))
 
     async def delete(self, bp: BootParams) -> int:
         """DELETE the named keys; BssNotFound if none of them existed."""
         keys = bp.keys()
-
-        def tx(conn: sqlite3.Connection) -> int:
-            n = sum(
-                conn.execute("DELETE FROM bss_params WHERE kind = ? AND key = ?", k).rowcount
-                for k in keys
-            )
-            if n == 0:
-                raise BssNotFound(f"no boot parameters for {_describe(keys)}")
-            return n
-
-        removed = await self._db.write(tx)
+        removed = await self._db.write(_delete, keys)
         for k in keys:
             self._index.pop(k, None)
         return int(removed)
 
 
-def _upsert(
-    conn: sqlite3.Connection, keys: list[tuple[str, str]], data: BootData, now: float
-) -> None:
-    """Write the same boot data under every key."""
+def _add(conn: sqlite3.Connection, keys: list[Key], data: BootData, now: float) -> None:
+    """Writer job for POST: new keys only, or BssConflict and nothing written."""
+    taken = [
+        k
+        for k in keys
+        if conn.execute("SELECT 1 FROM bss_params WHERE kind = ? AND key = ?", k).fetchone()
+    ]
+    if taken:
+        raise BssConflict(f"boot parameters already exist for {_describe(taken)}")
+    _upsert(conn, keys, data, now)
+
+
+def _patch(
+    conn: sqlite3.Connection, bp: BootParams, keys: list[Key], now: float
+) -> dict[Key, BootData]:
+    """Writer job for PATCH: the given fields of existing keys, or BssNotFound."""
+    out: dict[Key, BootData] = {}
+    missing: list[Key] = []
+    for k in keys:
+        row = conn.execute("SELECT * FROM bss_params WHERE kind = ? AND key = ?", k).fetchone()
+        if row is None:
+            missing.append(k)
+        else:
+            out[k] = bp.patch(_row_data(row))
+    if missing:
+        raise BssNotFound(f"no boot parameters for {_describe(missing)}")
+    for (kind, key), d in out.items():
+        conn.execute(_UPSERT, (kind, key, d.kernel, d.initrd, d.params, d.cloud_init, now))
+    return out
+
+
+def _delete(conn: sqlite3.Connection, keys: list[Key]) -> int:
+    """Writer job for DELETE: the rows removed, or BssNotFound if there were none."""
+    n = sum(
+        conn.execute("DELETE FROM bss_params WHERE kind = ? AND key = ?", k).rowcount for k in keys
+    )
+    if n == 0:
+        raise BssNotFound(f"no boot parameters for {_describe(keys)}")
+    return n
+
+
+def _upsert(conn: sqlite3.Connection, keys: list[Key], data: BootData, now: float) -> None:
+    """Writer job for PUT: the same boot data under every key."""
     conn.executemany(
         _UPSERT,
         [

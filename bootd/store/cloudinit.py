@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bootd.boot.citoken import TokenIssuer
 from bootd.boot.cloudinit import GroupData
-from bootd.store.db import Database, Migration, StoreError
+from bootd.store.db import Database, Migration, StoreError, statements
 
 if TYPE_CHECKING:
     from bootd.context import Context
@@ -132,27 +131,23 @@ class CloudInitStore:
 
     async def put_group(self, g: GroupData, create_only: bool = False) -> bool:
         """Insert or replace a group; with create_only, False if it already exists."""
-
-        def tx(conn: sqlite3.Connection) -> bool:
-            verb = "INSERT OR IGNORE" if create_only else "INSERT OR REPLACE"
-            cur = conn.execute(
+        verb = "INSERT OR IGNORE" if create_only else "INSERT OR REPLACE"
+        written = await self._db.write(
+            statements,
+            (
                 f"{verb} INTO ci_groups(name, description, meta, content, filename, secret) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (g.name, g.description, json.dumps(dict(g.meta)), g.content, g.filename, g.secret),
-            )
-            return cur.rowcount > 0
-
-        written = await self._db.write(tx)
+            ),
+        )
         if written:
             self._groups[g.name] = g
             self.generation += 1
-        return written
+        return written > 0
 
     async def delete_group(self, name: str) -> bool:
         """Remove a group; True if it existed."""
-        n = await self._db.write(
-            lambda c: c.execute("DELETE FROM ci_groups WHERE name = ?", (name,)).rowcount
-        )
+        n = await self._db.write(statements, ("DELETE FROM ci_groups WHERE name = ?", (name,)))
         self._groups.pop(name, None)
         self.generation += 1
         return bool(n)
@@ -168,9 +163,8 @@ class CloudInitStore:
         """Replace the cluster defaults."""
         blob = json.dumps(data)
         await self._db.write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO ci_cluster_defaults(id, data) VALUES (1, ?)", (blob,)
-            )
+            statements,
+            ("INSERT OR REPLACE INTO ci_cluster_defaults(id, data) VALUES (1, ?)", (blob,)),
         )
         self._defaults = data
         self.generation += 1
@@ -190,18 +184,15 @@ class CloudInitStore:
         """Replace one node's instance info."""
         blob = json.dumps(data)
         await self._db.write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO ci_instance_info(id, data) VALUES (?, ?)", (id_, blob)
-            )
+            statements,
+            ("INSERT OR REPLACE INTO ci_instance_info(id, data) VALUES (?, ?)", (id_, blob)),
         )
         self._info[id_] = data
         self.generation += 1
 
     async def delete_info(self, id_: str) -> bool:
         """Remove one node's instance info; True if it existed."""
-        n = await self._db.write(
-            lambda c: c.execute("DELETE FROM ci_instance_info WHERE id = ?", (id_,)).rowcount
-        )
+        n = await self._db.write(statements, ("DELETE FROM ci_instance_info WHERE id = ?", (id_,)))
         self._info.pop(id_, None)
         self.generation += 1
         return bool(n)
@@ -218,10 +209,11 @@ class CloudInitStore:
         self._phone_home[mac] = PhoneHome(mac, now, data)
         blob = json.dumps(data)
         await self._db.write(
-            lambda c: c.execute(
+            statements,
+            (
                 "INSERT OR REPLACE INTO ci_phone_home(mac, t, data) VALUES (?, ?, ?)",
                 (mac, now, blob),
-            )
+            ),
         )
 
 

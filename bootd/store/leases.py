@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from socket import inet_aton, inet_ntoa
 
-from bootd.store.db import Database, Migration
+from bootd.store.db import Database, Migration, statements
 
 log = logging.getLogger("bootd.dhcp")
 
@@ -227,18 +226,13 @@ class LeaseTable:
         self._owner[ip] = mac
         return lease
 
-    def persist(self, leases: list[Lease]) -> Awaitable[None]:
+    def persist(self, leases: list[Lease]) -> Awaitable[int]:
         """Queue the leases' write now, as one job; resolves once its batch is committed and fsynced."""
         now = self._clock()
         # One JSON parameter, two statements: SQLite walks the rows inside one step each,
         # where executemany would step (and hand the GIL back and forth) once per row.
         rows = json.dumps([(x.mac, x.ip, x.expires, x.hostname, now) for x in leases])
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute(_DROP_MOVED, (rows,))
-            conn.execute(_UPSERT, (rows,))
-
-        return self._db.submit(tx)
+        return self._db.submit(statements, (_DROP_MOVED, (rows,)), (_UPSERT, (rows,)))
 
     def release(self, mac: str, ip: str, now: float) -> bool:
         """RELEASE: end the lease now but keep the record, so the MAC gets the same IP back."""
@@ -248,9 +242,8 @@ class LeaseTable:
         lease.expires = now
         self._full_until.clear()
         self._db.write_nowait(
-            lambda c: c.execute(
-                "UPDATE dhcp_leases SET expires = ?, updated = ? WHERE mac = ?", (now, now, mac)
-            )
+            statements,
+            ("UPDATE dhcp_leases SET expires = ?, updated = ? WHERE mac = ?", (now, now, mac)),
         )
         return True
 
@@ -263,16 +256,15 @@ class LeaseTable:
             self._owner.pop(ip, None)
         until = now + quarantine
         self._quarantine[ip] = until
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM dhcp_leases WHERE mac = ? AND ip = ?", (mac, ip))
-            conn.execute(
+        self._db.write_nowait(
+            statements,
+            ("DELETE FROM dhcp_leases WHERE mac = ? AND ip = ?", (mac, ip)),
+            (
                 "INSERT INTO dhcp_declined(ip, until) VALUES (?, ?) "
                 "ON CONFLICT(ip) DO UPDATE SET until=excluded.until",
                 (ip, until),
-            )
-
-        self._db.write_nowait(tx)
+            ),
+        )
 
     def quarantined(self, ip: str, now: float) -> bool:
         """DECLINEd and still in quarantine."""

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from bootd.boot.node import Node
-from bootd.store.db import Database, Migration
+from bootd.store.db import Database, Migration, statements
 
 SCHEMA = (
     Migration(
@@ -107,31 +107,29 @@ class NodeInventory:
         if errors:
             raise ValueError("\n".join(errors))
 
-        def tx(conn: sqlite3.Connection) -> None:
-            if replace_all:
-                conn.execute("DELETE FROM nodes")
-            for n in nodes:
-                # A reserved IP or nid moving to another MAC frees it from the old one.
-                conn.execute(
-                    "DELETE FROM nodes WHERE mac != ? AND (ip = ? OR nid = ?)", (n.mac, n.ip, n.nid)
-                )
-                conn.execute(
-                    "INSERT INTO nodes(mac, ip, hostname, nid, xname, groups) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
-                    "ip=excluded.ip, hostname=excluded.hostname, nid=excluded.nid, "
-                    "xname=excluded.xname, groups=excluded.groups",
-                    (n.mac, n.ip, n.hostname, n.nid, n.xname, json.dumps(list(n.groups))),
-                )
-
-        await self._db.write(tx)
+        await self._db.write(_upsert_nodes, nodes, replace_all)
         self.load()
 
     async def delete(self, mac: str) -> bool:
         """Remove one node; True if it existed."""
-
-        def tx(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,)).rowcount
-
-        removed = await self._db.write(tx)
+        removed = await self._db.write(statements, ("DELETE FROM nodes WHERE mac = ?", (mac,)))
         self.load()
         return bool(removed)
+
+
+def _upsert_nodes(conn: sqlite3.Connection, nodes: list[Node], replace_all: bool) -> None:
+    """Writer job: add or replace nodes by MAC (all of them with replace_all)."""
+    if replace_all:
+        conn.execute("DELETE FROM nodes")
+    for n in nodes:
+        # A reserved IP or nid moving to another MAC frees it from the old one.
+        conn.execute(
+            "DELETE FROM nodes WHERE mac != ? AND (ip = ? OR nid = ?)", (n.mac, n.ip, n.nid)
+        )
+        conn.execute(
+            "INSERT INTO nodes(mac, ip, hostname, nid, xname, groups) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
+            "ip=excluded.ip, hostname=excluded.hostname, nid=excluded.nid, "
+            "xname=excluded.xname, groups=excluded.groups",
+            (n.mac, n.ip, n.hostname, n.nid, n.xname, json.dumps(list(n.groups))),
+        )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import sqlite3
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
-from bootd.store.db import Database, Migration
+from bootd.store.db import Database, Migration, statements
 from bootd.timeline.model import NodeTimeline
 
 SCHEMA = (
@@ -53,9 +53,11 @@ class TimelineRecorder:
         # True while every MAC with rows in SQLite is also in memory (after load(),
         # until an eviction): then a MAC not in memory has no boots yet, no query needed.
         self._complete = False
-        # Event rows waiting for the writer; deque: appended on the loop, drained on the writer.
-        self._rows: deque[tuple[str, int, str, str, float, int, str]] = deque()
-        self._job_queued = False
+        # Event rows not handed to the writer yet: a loop turn's worth goes as one job,
+        # and any other write flushes them first, so rows keep their place in line.
+        self._rows: list[tuple[str, int, str, str, float, int, str]] = []
+        self._flush_scheduled = False
+        db.on_before_write(self._flush_rows)
 
     def load(self) -> None:
         """Rebuild each node's latest boot from SQLite."""
@@ -91,24 +93,24 @@ class TimelineRecorder:
             self._complete = False
         tl.record(stage, event, now, nbytes, detail)
         self._rows.append((mac, tl.boot_id, stage, event, now, nbytes, detail))
-        if not self._job_queued:
-            self._job_queued = True
-            self._db.write_nowait(self._write_rows)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self._flush_rows)
+            except RuntimeError:  # no loop (tools, tests): write now
+                self._flush_rows()
         if self._observer is not None:
             self._observer(tl, stage, event, now)
         return tl
 
-    def _write_rows(self, conn: sqlite3.Connection) -> None:
-        # Runs on the writer thread. One job takes every row recorded until it runs, so a
-        # storm's thousands of events become one executemany; rows recorded after the job
-        # was queued still precede any write queued after them (barriers keep working).
-        self._job_queued = False
-        rows = []
-        while self._rows:
-            rows.append(self._rows.popleft())
-        # One JSON parameter: SQLite inserts every row in one step, where executemany
-        # would step once per row and hand the GIL back and forth each time.
-        conn.execute(_INSERT_ROWS, (json.dumps(rows),))
+    def _flush_rows(self) -> None:
+        # One job for every row recorded since the last one, so a storm's thousands of
+        # events become a few inserts; one JSON parameter lets SQLite insert them all in
+        # one statement step.
+        self._flush_scheduled = False
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._db.write_nowait(statements, (_INSERT_ROWS, (json.dumps(rows),)))
 
     def _next_boot_id(self, mac: str) -> int:
         rows = self._db.read("SELECT MAX(boot_id) FROM boot_events WHERE mac = ?", (mac,))
@@ -116,11 +118,9 @@ class TimelineRecorder:
 
     def _prune(self, mac: str, boot_id: int) -> None:
         keep_from = boot_id - BOOTS_KEPT_PER_NODE + 1
-
-        def tx(c: sqlite3.Connection) -> None:
-            c.execute("DELETE FROM boot_events WHERE mac = ? AND boot_id < ?", (mac, keep_from))
-
-        self._db.write_nowait(tx)
+        self._db.write_nowait(
+            statements, ("DELETE FROM boot_events WHERE mac = ? AND boot_id < ?", (mac, keep_from))
+        )
 
     def get(self, mac: str) -> NodeTimeline | None:
         """The node's current (latest) boot."""
