@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bootd.boot.node import Node, node_from_dict, normalize_mac
+from bootd.store import db as db_module
 from bootd.store.db import Database, Migration, StoreError
 from bootd.store.nodes import SCHEMA as NODES
 from bootd.store.nodes import NodeInventory
@@ -136,7 +137,8 @@ def unpicklable_result(conn: sqlite3.Connection) -> object:
 
 async def test_bad_jobs_fail_alone_with_a_clear_error(db: Database) -> None:
     with pytest.raises(StoreError, match="does not pickle"):
-        db.submit(lambda c: None)  # jobs are pickled by name: a lambda cannot be
+        await db.submit(lambda c: None)  # jobs are pickled by name: a lambda cannot be
+    db.write_nowait(lambda c: None)  # nobody awaits it: logged, not raised
     with pytest.raises(StoreError, match="function"):
         await db.write(unpicklable_result)
     assert await db.write(insert_row, 7, "still fine") == 7
@@ -196,3 +198,22 @@ async def test_close_commits_everything_and_stops_the_writer(tmp_path: Path) -> 
     conn = sqlite3.connect(tmp_path / "c.sqlite3")
     assert conn.execute("SELECT COUNT(*) FROM boot_events").fetchone()[0] == 50
     conn.close()
+
+
+def test_a_writer_that_does_not_start_stops_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hello from the writer: open() fails with the reason, the daemon does not start."""
+    monkeypatch.setattr(db_module, "WRITER", "bootd.store.no_such_writer")
+    d = Database(tmp_path / "s.sqlite3")
+    with pytest.raises(StoreError, match="did not start"):
+        d.open([T])
+
+
+async def test_a_write_from_another_thread_goes_through_the_loop(db: Database) -> None:
+    await db.write(insert_row, 1, "loop")  # the loop now owns the writer socket
+    await asyncio.gather(
+        *(asyncio.to_thread(db.write_nowait, insert_row, k, f"t{k}") for k in range(2, 40))
+    )
+    await db.write(barrier)
+    assert db.read("SELECT COUNT(*) FROM t")[0][0] == 39

@@ -48,6 +48,10 @@ LINGER = 0.05
 FRAME = struct.Struct("<I")
 # A writer that exits this often in a row without committing is not restarted again.
 MAX_RESPAWNS = 5
+# The writer process's module (python -m).
+WRITER = "bootd.store.writer"
+# How long a starting writer may take to open the database and say hello.
+HELLO_TIMEOUT = 30.0
 
 # daemon → writer: [(job id, fn, args), ...]; id 0: nobody awaits it. fn None: a barrier.
 Job = tuple[int, Callable[..., Any] | None, tuple[Any, ...]]
@@ -85,6 +89,15 @@ def frame(obj: object) -> bytes:
     """One length-prefixed pickle."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return FRAME.pack(len(data)) + data
+
+
+def unframe_into(buf: bytearray, sock: socket.socket) -> list[Any]:
+    """Receive once (blocking) and take the complete frames; EOFError if the peer left."""
+    data = sock.recv(1 << 20)
+    if not data:
+        raise EOFError("the writer closed its socket")
+    buf += data
+    return unframe(buf)
 
 
 def unframe(buf: bytearray) -> list[Any]:
@@ -139,7 +152,7 @@ class Database:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bootd.store.writer", str(theirs.fileno()), str(self.path)],
+                [sys.executable, "-m", WRITER, str(theirs.fileno()), str(self.path)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -148,11 +161,29 @@ class Database:
             raise StoreError(f"cannot start the store writer: {exc}") from None
         finally:
             theirs.close()
-        ours.setblocking(False)
         self._sock = ours
         self._in.clear()
         self._out.clear()
         self._loop = None  # the reader is registered with the first loop that writes
+        # Wait for the writer's hello (its connection is open): a first write then
+        # never waits on an interpreter starting up, and a writer that cannot open
+        # the file stops the daemon here, with its reason, not at the first write.
+        ours.settimeout(HELLO_TIMEOUT)
+        try:
+            while not unframe_into(self._in, ours):
+                pass
+            ours.setblocking(False)
+        except (OSError, EOFError) as exc:
+            ours.close()
+            self._sock = None
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                code = self._proc.wait()
+            raise StoreError(
+                f"the store writer for {self.path} did not start (exit code {code}): {exc}"
+            ) from None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> None:
@@ -199,7 +230,11 @@ class Database:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         job = next(self._ids)
-        self._queue([(job, fn, args)], loop)
+        try:
+            self._queue([(job, fn, args)], loop)
+        except StoreError as exc:  # the caller's await reports it, as for a failed commit
+            fut.set_exception(exc)
+            return fut
         self._pending[job] = fut  # no reply can come before this loop turn ends
         return fut
 
@@ -209,7 +244,10 @@ class Database:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        self._queue([(0, fn, args)], loop)
+        try:
+            self._queue([(0, fn, args)], loop)
+        except StoreError as exc:  # nobody waits for it: the loss is logged, not raised
+            log.error("store: background write %s lost: %s", getattr(fn, "__name__", fn), exc)
 
     def on_before_write(self, hook: Callable[[], None]) -> None:
         """Call hook before any job is queued: a component that holds writes back to
@@ -218,7 +256,7 @@ class Database:
 
     def _queue(self, jobs: list[Job], loop: asyncio.AbstractEventLoop | None) -> None:
         if self._sock is None:
-            raise StoreError("the database is closed")
+            raise StoreError("the store is closed, or its writer could not be restarted")
         if self._hooks and not self._in_hooks:
             self._in_hooks = True
             try:
@@ -230,9 +268,19 @@ class Database:
             data = frame(jobs)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise StoreError(f"write job does not pickle: {exc}") from exc
-        if loop is None:  # no loop in this thread (setup, shutdown, tools): send now
+        if loop is None and self._loop is not None and self._loop.is_running():
+            # Another thread's write while the loop owns the socket: the loop sends it,
+            # so frames never interleave.
+            self._loop.call_soon_threadsafe(self._send_frame, data, self._loop)
+            return
+        if loop is None:  # no loop at all (setup, shutdown, tools): send now
             self._out += data
             self._send_blocking()
+            return
+        self._send_frame(data, loop)
+
+    def _send_frame(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sock is None:
             return
         if self._loop is not loop:
             self._attach(loop)
@@ -331,7 +379,11 @@ class Database:
             log.error("store: the writer keeps exiting (last code %s); writes now fail", code)
             return
         log.error("store: the writer exited (code %s); starting another", code)
-        self._spawn()
+        try:
+            self._spawn()
+        except StoreError as exc:
+            log.error("store: %s; writes now fail", exc)
+            return
         if loop is not None and not loop.is_closed():
             self._attach(loop)
 

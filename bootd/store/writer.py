@@ -16,6 +16,7 @@ import pickle
 import select
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -149,7 +150,14 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=int(argv[1]))
     sock.setblocking(True)
-    Writer(sock, Path(argv[2])).run()
+    try:
+        writer = Writer(sock, Path(argv[2]))
+    except (OSError, sqlite3.Error) as exc:
+        log.error("store: the writer cannot open %s: %s", argv[2], exc)
+        return 1
+    hello: Reply = (0, 0, [])
+    sock.sendall(frame(hello))
+    writer.run()
     return 0
 
 
