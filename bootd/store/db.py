@@ -124,6 +124,8 @@ class Database:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._out = bytearray()  # frames the socket has not taken yet
+        self._held = bytearray()  # background frames waiting up to LINGER for company
+        self._held_timer: asyncio.TimerHandle | None = None
         self._in = bytearray()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -257,6 +259,11 @@ class Database:
     def _queue(self, jobs: list[Job], loop: asyncio.AbstractEventLoop | None) -> None:
         if self._sock is None:
             raise StoreError("the store is closed, or its writer could not be restarted")
+        if loop is None and self._loop is not None and self._loop.is_running():
+            # Another thread's write while the loop owns the socket: the loop queues
+            # it, so frames never interleave.
+            self._loop.call_soon_threadsafe(self._queue, jobs, self._loop)
+            return
         if self._hooks and not self._in_hooks:
             self._in_hooks = True
             try:
@@ -268,16 +275,32 @@ class Database:
             data = frame(jobs)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise StoreError(f"write job does not pickle: {exc}") from exc
-        if loop is None and self._loop is not None and self._loop.is_running():
-            # Another thread's write while the loop owns the socket: the loop sends it,
-            # so frames never interleave.
-            self._loop.call_soon_threadsafe(self._send_frame, data, self._loop)
-            return
         if loop is None:  # no loop at all (setup, shutdown, tools): send now
-            self._out += data
+            self._out += self._take_held() + data
             self._send_blocking()
             return
-        self._send_frame(data, loop)
+        if all(job == 0 for job, _, _ in jobs):
+            # Nobody waits for these (timeline rows, releases): hold them up to LINGER
+            # so a storm's events cost the writer a few wake-ups a second, not one per
+            # loop turn. An awaited write takes them along, in order, at once.
+            self._held += data
+            if self._held_timer is None:
+                self._held_timer = loop.call_later(LINGER, self._send_held, loop)
+            return
+        self._send_frame(self._take_held() + data, loop)
+
+    def _take_held(self) -> bytes:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        held = bytes(self._held)
+        self._held.clear()
+        return held
+
+    def _send_held(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._held_timer = None
+        if self._held:
+            self._send_frame(self._take_held(), loop)
 
     def _send_frame(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         if self._sock is None:
@@ -394,7 +417,7 @@ class Database:
         for hook in self._hooks:
             hook()
         job = next(self._ids)
-        self._out += frame([(job, None, ())])
+        self._out += self._take_held() + frame([(job, None, ())])
         self._send_blocking()
         self._wait_for(job, time.monotonic() + 30)
 
