@@ -201,7 +201,11 @@ class SendfileWorkers:
                     os.close(fd)
             w.outbox.clear()
         w.control.close()
-        code = w.proc.wait()
+        try:
+            code = w.proc.wait(timeout=2)  # it closed its end: it is exiting
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            code = w.proc.wait()
         jobs, w.jobs = w.jobs, {}
         for j in jobs.values():
             if not j.fut.done():

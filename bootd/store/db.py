@@ -41,8 +41,9 @@ T = TypeVar("T")
 
 # How many queued writes one transaction takes at most; bounds commit latency.
 MAX_BATCH = 4096
-# How long the writer holds a batch of background writes (nobody awaits them) open
-# for more to join it; an awaited write is committed without waiting.
+# How long background writes (nobody awaits them) wait for company: in the daemon
+# before they are sent, in the writer before they are committed. An awaited write
+# ends both waits.
 LINGER = 0.05
 # Frames on the writer socket: a 4-byte length, then a pickle.
 FRAME = struct.Struct("<I")
