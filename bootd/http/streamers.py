@@ -221,7 +221,11 @@ class SendfileWorkers:
             self.enabled = False
             return
         log.warning("http: sendfile worker %d exited (code %s); starting another", w.index, code)
-        self._workers[self._workers.index(w)] = self._spawn(w.index)
+        try:
+            self._workers[self._workers.index(w)] = self._spawn(w.index)
+        except OSError as exc:
+            log.error("http: cannot start a sendfile worker (%s); streaming in-process", exc)
+            self.enabled = False
 
     def close(self) -> None:
         """Stop the workers: their transfers end, the processes exit on EOF."""

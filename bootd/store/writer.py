@@ -88,12 +88,13 @@ class Writer:
 
     def _take(self) -> list[Job]:
         batch: list[Job] = []
+        awaited = False
         linger_until: float | None = None
         while len(batch) < MAX_BATCH:
             if not self.jobs:
                 self._read(0)  # whatever else has arrived joins this batch
             if not self.jobs:
-                if self.eof or any(job for job, _, _ in batch):
+                if self.eof or awaited:
                     break  # someone awaits this batch: commit at once
                 # Only background rows so far (timeline events, releases): gather a
                 # little longer, so a storm's events cost a few commits a second.
@@ -104,7 +105,9 @@ class Writer:
                     break
                 self._read(linger_until - now)
                 continue
-            batch.append(self.jobs.popleft())
+            job = self.jobs.popleft()
+            awaited = awaited or job[0] != 0
+            batch.append(job)
         return batch
 
     def _reply(self, batch: list[Job], results: list[tuple[bool, Any]]) -> None:
