@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from bench.lab.procs import children
 from bootd.boot.bootparams import BootParams
 from bootd.daemon import all_migrations
 from bootd.store.bss import BssStore
@@ -106,13 +107,7 @@ class RssSampler(threading.Thread):
 
 def process_tree(pid: int) -> list[int]:
     """A server process and its children (nginx's workers, bootd's sendfile workers)."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return pids
+    return [pid, *children(pid)]
 
 
 def rss_kb(pid: int) -> int:

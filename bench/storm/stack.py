@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.lab.netns import VethLab
+from bench.lab.procs import children
 
 
 class StackUnavailable(Exception):
@@ -99,15 +100,6 @@ def read_proc(pid: int) -> tuple[float, int, int] | None:
     rss = int(fields.get("VmRSS", "0 kB").split()[0])
     hwm = int(fields.get("VmHWM", "0 kB").split()[0])
     return cpu, rss, hwm
-
-
-def children(pid: int) -> list[int]:
-    """A process's children now (worker processes), from /proc; [] if it is gone."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
 
 
 class Sampler:

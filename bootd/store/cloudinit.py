@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from bootd.boot.citoken import TokenIssuer
 from bootd.boot.cloudinit import GroupData
-from bootd.store.db import Database, Migration, StoreError, statements
+from bootd.store.db import Database, Migration, StoreError
+from bootd.store.jobs import statements
 
 if TYPE_CHECKING:
     from bootd.context import Context

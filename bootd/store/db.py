@@ -20,13 +20,11 @@ not block the writer, and see every committed batch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import pickle
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -35,29 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bootd.store.jobs import LINGER, Job, Reply, connect, frame, unframe, unframe_into
+from bootd.store.jobs import StoreError as StoreError  # raised to the store's callers
+
 log = logging.getLogger("bootd.store")
 
 T = TypeVar("T")
 
-# How many queued writes one transaction takes at most; bounds commit latency.
-MAX_BATCH = 4096
-# How long background writes (nobody awaits them) wait for company: in the daemon
-# before they are sent, in the writer before they are committed. An awaited write
-# ends both waits.
-LINGER = 0.05
-# Frames on the writer socket: a 4-byte length, then a pickle.
-FRAME = struct.Struct("<I")
 # A writer that exits this often in a row without committing is not restarted again.
 MAX_RESPAWNS = 5
 # The writer process's module (python -m).
 WRITER = "bootd.store.writer"
 # How long a starting writer may take to open the database and say hello.
 HELLO_TIMEOUT = 30.0
-
-# daemon → writer: [(job id, fn, args), ...]; id 0: nobody awaits it. fn None: a barrier.
-Job = tuple[int, Callable[..., Any] | None, tuple[Any, ...]]
-# writer → daemon: (commits so far, writes so far, [(job id, ok, result or exception)]).
-Reply = tuple[int, int, list[tuple[int, bool, Any]]]
 
 
 @dataclass(frozen=True)
@@ -67,52 +55,6 @@ class Migration:
     component: str
     version: int
     sql: str
-
-
-class StoreError(Exception):
-    """The store could not be opened or written."""
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the store's pragmas (the writer's and the reader's)."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a COMMIT returns only after the WAL is fsynced, so an answer
-    # sent after it survives kill -9 and power loss.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def frame(obj: object) -> bytes:
-    """One length-prefixed pickle."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME.pack(len(data)) + data
-
-
-def unframe_into(buf: bytearray, sock: socket.socket) -> list[Any]:
-    """Receive once (blocking) and take the complete frames; EOFError if the peer left."""
-    data = sock.recv(1 << 20)
-    if not data:
-        raise EOFError("the writer closed its socket")
-    buf += data
-    return unframe(buf)
-
-
-def unframe(buf: bytearray) -> list[Any]:
-    """Take every complete frame off the front of buf."""
-    out = []
-    pos = 0
-    while len(buf) - pos >= FRAME.size:
-        (n,) = FRAME.unpack_from(buf, pos)
-        if len(buf) - pos - FRAME.size < n:
-            break
-        out.append(pickle.loads(buf[pos + FRAME.size : pos + FRAME.size + n]))
-        pos += FRAME.size + n
-    del buf[:pos]
-    return out
 
 
 class Database:
@@ -473,38 +415,3 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-
-def statements(conn: sqlite3.Connection, *stmts: tuple[str, Sequence[Any]]) -> int:
-    """A job of plain SQL: run each (sql, params) in order; the rows they changed."""
-    changed = 0
-    for sql, params in stmts:
-        changed += max(0, conn.execute(sql, params).rowcount)
-    return changed
-
-
-def commit_batch(conn: sqlite3.Connection, batch: list[Job]) -> tuple[bool, list[tuple[bool, Any]]]:
-    """Run a batch in one transaction, a savepoint per job; (committed, per-job results)."""
-    results: list[tuple[bool, Any]] = []
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for _job, fn, args in batch:
-            if fn is None:  # a barrier
-                results.append((True, True))
-                continue
-            # A savepoint per job: one bad write fails alone, the rest commit.
-            conn.execute("SAVEPOINT job")
-            try:
-                results.append((True, fn(conn, *args)))
-                conn.execute("RELEASE job")
-            except Exception as exc:  # reported to that job's caller
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                results.append((False, exc))
-        conn.execute("COMMIT")
-        return True, results
-    except sqlite3.Error as exc:
-        log.error("store: commit failed: %s", exc)
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        return False, [(False, StoreError(f"commit failed: {exc}"))] * len(batch)

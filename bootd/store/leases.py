@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from socket import inet_aton, inet_ntoa
 
-from bootd.store.db import Database, Migration, statements
+from bootd.store.db import Database, Migration
+from bootd.store.jobs import statements
 
 log = logging.getLogger("bootd.dhcp")
 

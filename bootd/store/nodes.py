@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Iterable
 
 from bootd.boot.node import Node
-from bootd.store.db import Database, Migration, statements
+from bootd.store.db import Database, Migration
+from bootd.store.jobs import statements
 
 SCHEMA = (
     Migration(

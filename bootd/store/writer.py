@@ -23,19 +23,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from bootd.store.db import (
-    LINGER,
-    MAX_BATCH,
-    Job,
-    Reply,
-    StoreError,
-    commit_batch,
-    connect,
-    frame,
-    unframe,
-)
+from bootd.store.jobs import LINGER, Job, Reply, StoreError, connect, frame, unframe
 
 log = logging.getLogger("bootd.store")
+
+# How many queued writes one transaction takes at most; bounds commit latency.
+MAX_BATCH = 4096
 
 
 class Writer:
@@ -126,6 +119,33 @@ class Writer:
         # If the daemon is gone, what was committed stays committed.
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
+
+
+def commit_batch(conn: sqlite3.Connection, batch: list[Job]) -> tuple[bool, list[tuple[bool, Any]]]:
+    """Run a batch in one transaction, a savepoint per job; (committed, per-job results)."""
+    results: list[tuple[bool, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for _job, fn, args in batch:
+            if fn is None:  # a barrier
+                results.append((True, True))
+                continue
+            # A savepoint per job: one bad write fails alone, the rest commit.
+            conn.execute("SAVEPOINT job")
+            try:
+                results.append((True, fn(conn, *args)))
+                conn.execute("RELEASE job")
+            except Exception as exc:  # reported to that job's caller
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append((False, exc))
+        conn.execute("COMMIT")
+        return True, results
+    except sqlite3.Error as exc:
+        log.error("store: commit failed: %s", exc)
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        return False, [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
 
 
 def _name(fn: Any) -> str:

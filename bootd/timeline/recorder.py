@@ -7,7 +7,8 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 
-from bootd.store.db import Database, Migration, statements
+from bootd.store.db import Database, Migration
+from bootd.store.jobs import statements
 from bootd.timeline.model import NodeTimeline
 
 SCHEMA = (
