@@ -253,6 +253,16 @@ def test_lossy_link_transfers_complete_and_are_correct(lab: Lab) -> None:
             "--retries", "40",
         )  # fmt: skip
         outputs = [p.communicate(timeout=180)[0] for p in procs]
+        if b"tftp: aborting" in outputs[1]:
+            # atftp's windowsize client sometimes acknowledges a block it has not got
+            # ("sending extra ACK for <block: 64...: 63>") and, once the server has
+            # finished on that word, aborts on the port-unreachable that follows (seen
+            # once in many runs at 5 % loss). A node would fetch again: so does the test,
+            # once, still on the lossy link. The bytes are checked either way.
+            again = subprocess.run(
+                lab.veth.in_cli(*jobs["small.bin"]), capture_output=True, timeout=180
+            )
+            outputs[1] += b"--- atftp aborted; fetched again ---\n" + again.stdout + again.stderr
         drops = sh("ip", "netns", "exec", lab.veth.cli, "nft", "list", "ruleset", check=False)
     assert storm.returncode == 0, storm.stderr
     summary = json.loads(storm.stdout)
