@@ -131,6 +131,32 @@ def test_traversal_and_symlinks_are_404_and_counted(
     )
 
 
+def test_a_redeployed_image_is_served_within_seconds_and_never_torn(
+    bootd_proc: BootdProcess, images: Path
+) -> None:
+    # Kept files are checked again after a second (nginx's open_file_cache, but shorter).
+    old, new = os.urandom(300_000), os.urandom(500_000)
+    (images / "initrd.img").write_bytes(old)
+    url = bootd_proc.url + "/images/initrd.img"
+    assert curl(url)[2] == old
+    staged = images / ".initrd.img.new"
+    staged.write_bytes(new)
+    staged.rename(images / "initrd.img")  # a deploy: new inode, same name
+    deadline = time.monotonic() + 10
+    while True:
+        status, h, body = curl(url)
+        assert status == 200 and body in (old, new) and int(h["content-length"]) == len(body)
+        if body == new or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert body == new
+    (images / "initrd.img").unlink()
+    deadline = time.monotonic() + 10
+    while curl(url)[0] != 404:
+        assert time.monotonic() < deadline, "a deleted image is still served"
+        time.sleep(0.2)
+
+
 def api(proc: BootdProcess, method: str, path: str, body: Any) -> Any:
     req = urllib.request.Request(
         proc.url + path,

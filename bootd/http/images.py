@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +12,7 @@ from aiohttp import web
 from bootd.boot.script import stage_for_image
 from bootd.context import Context
 from bootd.http.bss import bss_store
+from bootd.http.openfiles import OpenFiles, OutsideRoot
 from bootd.http.problem import ProblemError
 from bootd.http.ranges import plan_file_response
 from bootd.logs import RateLimitedLog
@@ -21,10 +20,6 @@ from bootd.logs import RateLimitedLog
 log = logging.getLogger("bootd.http.images")
 
 ROUTE = "/images/{path}"
-
-
-class OutsideRoot(Exception):
-    """The path resolved (through a symlink) to somewhere outside http.images."""
 
 
 def traversal_reason(raw_path: str, rel: str) -> str | None:
@@ -35,24 +30,16 @@ def traversal_reason(raw_path: str, rel: str) -> str | None:
     return None
 
 
-def open_in_jail(root: Path, rel: str) -> tuple[BinaryIO, os.stat_result]:
-    """Open a regular file under root (symlinks may not lead out); runs in a worker thread."""
-    real_root = root.resolve()
-    full = (real_root / rel).resolve(strict=True)
-    if not full.is_relative_to(real_root):
-        raise OutsideRoot(str(full))
-    fobj = open(full, "rb")  # noqa: SIM115  closed by the caller after sendfile
-    st = os.fstat(fobj.fileno())
-    if not stat.S_ISREG(st.st_mode):
-        fobj.close()
-        raise IsADirectoryError(str(full))
-    return fobj, st
-
-
 def add_routes(app: web.Application, ctx: Context) -> None:
     """Register the image route."""
     store = bss_store(ctx)
     warn = RateLimitedLog(log)
+    files = OpenFiles()
+
+    async def close_files(_app: web.Application) -> None:
+        files.close()
+
+    app.on_cleanup.append(close_files)
     bytes_sent = ctx.metrics.http_bytes.labels(ROUTE)
 
     def refuse(reason: str, request: web.Request) -> ProblemError:
@@ -100,11 +87,8 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         reason = traversal_reason(request.raw_path, rel)
         if reason:
             raise refuse(reason, request)
-        loop = asyncio.get_running_loop()
         try:
-            fobj, st = await loop.run_in_executor(
-                None, open_in_jail, Path(ctx.config.http.images), rel
-            )
+            fobj, st = await files.open(Path(ctx.config.http.images), rel)
         except OutsideRoot:
             raise refuse("symlink-escape", request) from None
         except (OSError, RuntimeError):  # missing, a directory, unreadable, a symlink loop
@@ -115,16 +99,15 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             if plan.status != 304:
                 resp.content_type = "application/octet-stream"
                 resp.content_length = plan.length
-            await resp.prepare(request)
-            if request.method == "GET" and plan.length and plan.status in (200, 206):
-                try:
+            try:
+                await resp.prepare(request)
+                if request.method == "GET" and plan.length and plan.status in (200, 206):
                     await send(request, fobj, plan.start, plan.length, stage_of(request, rel))
-                except ConnectionError:
-                    # The client went away mid-file (already recorded): close quietly,
-                    # a storm's worth of tracebacks helps nobody.
-                    resp.force_close()
-                    return resp
-            await resp.write_eof()
+                await resp.write_eof()
+            except ConnectionError:
+                # The client went away (mid-file: already recorded): close quietly,
+                # a storm's worth of tracebacks helps nobody.
+                resp.force_close()
             return resp
         finally:
             fobj.close()

@@ -1,0 +1,149 @@
+"""OpenFiles: image files kept open between requests, checked again after `valid` seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from bootd.http.openfiles import OpenFiles, OutsideRoot
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "images"
+    r.mkdir()
+    (r / "vmlinuz").write_bytes(b"kernel-1")
+    return r
+
+
+async def read(files: OpenFiles, root: Path, rel: str) -> bytes:
+    f, st = await files.open(root, rel)
+    with f:
+        data = f.read()
+    assert len(data) == st.st_size
+    return data
+
+
+async def test_one_check_serves_many_requests_each_with_its_own_position(root: Path) -> None:
+    files = OpenFiles(clock=Clock())
+    a, _ = await files.open(root, "vmlinuz")
+    b, _ = await files.open(root, "vmlinuz")
+    with a, b:
+        assert a.fileno() != b.fileno()
+        a.seek(3)
+        assert b.read() == b"kernel-1"  # its own file description: a's seek is not b's
+        assert a.read() == b"nel-1"
+    assert files.checks == 1 and len(files) == 1
+    files.close()
+
+
+async def test_a_replaced_file_is_served_once_the_entry_expires(root: Path) -> None:
+    clock = Clock()
+    files = OpenFiles(valid=1.0, clock=clock)
+    assert await read(files, root, "vmlinuz") == b"kernel-1"
+    tmp = root / ".new"
+    tmp.write_bytes(b"kernel-2, longer")
+    tmp.rename(root / "vmlinuz")  # how images are deployed: a new inode under the old name
+    clock.t += 0.5
+    assert await read(files, root, "vmlinuz") == b"kernel-1"  # still within `valid`
+    clock.t += 0.6
+    assert await read(files, root, "vmlinuz") == b"kernel-2, longer"
+    assert files.checks == 2
+    files.close()
+
+
+async def test_an_unchanged_file_keeps_its_descriptor(root: Path) -> None:
+    clock = Clock()
+    files = OpenFiles(valid=1.0, clock=clock)
+    await read(files, root, "vmlinuz")
+    before = fds()
+    for _ in range(5):
+        clock.t += 2
+        assert await read(files, root, "vmlinuz") == b"kernel-1"
+    assert files.checks == 6 and fds() == before  # checked each time, nothing leaked
+    files.close()
+
+
+async def test_deleted_missing_and_directories_raise_and_are_forgotten(root: Path) -> None:
+    clock = Clock()
+    files = OpenFiles(clock=clock)
+    await read(files, root, "vmlinuz")
+    (root / "vmlinuz").unlink()
+    clock.t += 5
+    with pytest.raises(FileNotFoundError):
+        await files.open(root, "vmlinuz")
+    assert len(files) == 0
+    with pytest.raises(FileNotFoundError):
+        await files.open(root, "nothing")
+    (root / "dir").mkdir()
+    with pytest.raises(IsADirectoryError):
+        await files.open(root, "dir")
+    assert len(files) == 0
+    files.close()
+
+
+async def test_a_symlink_leading_out_is_refused_even_after_being_kept(
+    root: Path, tmp_path: Path
+) -> None:
+    clock = Clock()
+    files = OpenFiles(clock=clock)
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.symlink(tmp_path / "secret", root / "escape")
+    with pytest.raises(OutsideRoot):
+        await files.open(root, "escape")
+    # A link swapped in after the check: served as checked until it expires, then refused.
+    (root / "swap").write_bytes(b"fine")
+    assert await read(files, root, "swap") == b"fine"
+    (root / "swap").unlink()
+    os.symlink(tmp_path / "secret", root / "swap")
+    assert await read(files, root, "swap") == b"fine"  # the kept inode, never the new target
+    clock.t += 5
+    with pytest.raises(OutsideRoot):
+        await files.open(root, "swap")
+    files.close()
+
+
+async def test_concurrent_requests_share_one_check(root: Path) -> None:
+    files = OpenFiles(clock=Clock())
+    results = await asyncio.gather(*(read(files, root, "vmlinuz") for _ in range(50)))
+    assert results == [b"kernel-1"] * 50
+    assert files.checks == 1
+    files.close()
+
+
+async def test_a_waiter_that_leaves_does_not_cancel_the_check(root: Path) -> None:
+    files = OpenFiles(clock=Clock())
+    first = asyncio.ensure_future(files.open(root, "vmlinuz"))
+    second = asyncio.ensure_future(read(files, root, "vmlinuz"))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == b"kernel-1"
+    assert files.checks == 1
+    files.close()
+
+
+async def test_least_recently_used_files_close_beyond_the_cap(root: Path) -> None:
+    files = OpenFiles(max_files=3, clock=Clock())
+    for i in range(10):
+        (root / f"f{i}").write_bytes(b"%d" % i)
+    before = fds()
+    for i in range(10):
+        assert await read(files, root, f"f{i}") == b"%d" % i
+    assert len(files) == 3 and fds() == before + 3
+    files.close()
+    assert fds() == before
