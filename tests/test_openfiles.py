@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,43 @@ async def test_least_recently_used_files_close_beyond_the_cap(root: Path) -> Non
     assert len(files) == 3 and fds() == before + 3
     files.close()
     assert fds() == before
+
+
+async def test_a_reused_descriptor_number_is_never_served(root: Path, tmp_path: Path) -> None:
+    # A request that waited while its entry was evicted resumes with a closed fd whose
+    # number may already belong to something else: /proc/self/fd/N is then another file.
+    files = OpenFiles(clock=Clock())
+    assert await read(files, root, "vmlinuz") == b"kernel-1"
+    ((key, stale),) = files._kept.items()
+    del files._kept[key]  # what eviction does: out of the table, fd closed
+    os.close(stale.fd)
+    (tmp_path / "other").write_bytes(b"not the kernel")
+    other = os.open(tmp_path / "other", os.O_RDONLY)
+    real_check = files._check
+    resumed: list[bool] = []
+
+    async def waited(k: tuple[str, str], r: Path, rel: str) -> Any:
+        if not resumed:
+            resumed.append(True)
+            return stale  # the entry this request was given before the eviction
+        return await real_check(k, r, rel)
+
+    files._check = waited  # type: ignore[method-assign,assignment]
+    try:
+        assert other == stale.fd  # the lowest free number: the one just closed
+        assert await read(files, root, "vmlinuz") == b"kernel-1"
+        assert files.checks == 2  # noticed, checked again
+        assert os.read(other, 100) == b"not the kernel"  # and left the other file alone
+    finally:
+        os.close(other)
+    files.close()
+
+
+async def test_without_procfs_every_request_opens_by_path(root: Path) -> None:
+    files = OpenFiles(clock=Clock())
+    files._reopen_ok = False
+    assert await read(files, root, "vmlinuz") == b"kernel-1"
+    (root / "vmlinuz").write_bytes(b"kernel-2")
+    assert await read(files, root, "vmlinuz") == b"kernel-2"  # nothing kept
+    assert len(files) == 0
+    files.close()

@@ -19,6 +19,7 @@ changed image is served from then on, a deleted one answers 404.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import time
@@ -80,26 +81,36 @@ class OpenFiles:
         self._kept: OrderedDict[Key, _Kept] = OrderedDict()
         self._checks: dict[Key, asyncio.Task[_Kept]] = {}
         self.checks = 0  # path checks run in the worker thread (misses and expiries)
-        # /proc/self/fd reopening needs procfs; without it every request opens by path.
-        self._reopen_ok = True
+        # Reopening through /proc/self/fd needs procfs; without it every request opens
+        # by path in the worker thread, as if nothing were kept.
+        self._reopen_ok = os.path.isdir("/proc/self/fd")
 
     async def open(self, root: Path, rel: str) -> tuple[BinaryIO, os.stat_result]:
         """A private file object for root/rel and its stat; raises OutsideRoot or OSError."""
+        if not self._reopen_ok:
+            loop = asyncio.get_running_loop()
+            fd, _ = await loop.run_in_executor(None, open_in_jail, root, rel)
+            return _wrap(fd)
         key = (str(root), rel)
-        kept = self._kept.get(key)
-        if kept is None or self.clock() - kept.checked >= self.valid:
-            kept = await self._check(key, root, rel)
-        else:
-            self._kept.move_to_end(key)
-        if self._reopen_ok:
+        for _ in range(3):
+            kept = self._kept.get(key)
+            if kept is None or self.clock() - kept.checked >= self.valid:
+                kept = await self._check(key, root, rel)
+            else:
+                self._kept.move_to_end(key)
             try:
                 fd = os.open(f"/proc/self/fd/{kept.fd}", os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                self._reopen_ok = False
-            else:
-                return _wrap(fd)
-        fd, _ = await asyncio.get_running_loop().run_in_executor(None, open_in_jail, root, rel)
-        return _wrap(fd)
+                fd = -1  # closed (evicted, replaced) while this request waited
+            if fd >= 0:
+                f, st = _wrap(fd)
+                # The same inode that was checked, not whatever reused a closed fd number.
+                if (st.st_dev, st.st_ino) == kept.ident[:2]:
+                    return f, st
+                f.close()
+            if self._kept.get(key) is kept:
+                self._forget(key)
+        raise OSError(errno.ESTALE, f"{rel} keeps changing while being opened")
 
     async def _check(self, key: Key, root: Path, rel: str) -> _Kept:
         task = self._checks.get(key)
