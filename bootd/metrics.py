@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+)
 
 # Boot stages are measured from power-on; a storm's last node may take minutes.
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -14,6 +21,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # The daemon process itself, as prometheus-client's default registry has it:
+        # process_* (CPU seconds, resident memory, open fds) and python_gc_*.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.dhcp_messages = Counter(
             "bootd_dhcp_messages",
             "DHCP messages by type and result",

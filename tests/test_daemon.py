@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,16 @@ def test_nodes_cli_round_trip(bootd_proc: BootdProcess, tmp_path: Path) -> None:
     )
     assert r.returncode != 0 and "401" in r.stderr
     assert len(bootd_proc.get_json("/api/v1/nodes")) == 3
+
+
+def test_metrics_describe_the_process_and_its_collector(bootd_proc: BootdProcess) -> None:
+    with urllib.request.urlopen(bootd_proc.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        'python_gc_collections_total{generation="0"}',
+    ):
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert m and float(m.group(1)) > 0, name
