@@ -95,6 +95,16 @@ def parse_option_area(
 
 def encode_options(options: dict[int, bytes]) -> bytearray:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
+    if _PAD not in options and _END not in options:
+        try:
+            # The usual reply: every value fits one instance. bytes((code, n)) raises
+            # ValueError for n > 255, and then the general path splits it.
+            out = bytearray(b"".join([bytes((c, len(v))) + v for c, v in options.items()]))
+        except ValueError:
+            pass
+        else:
+            out.append(_END)
+            return out
     out = bytearray()
     for code, value in options.items():
         if code in (_PAD, _END):
@@ -114,14 +124,24 @@ def encode_options(options: dict[int, bytes]) -> bytearray:
     return out
 
 
+# Addresses the server encodes over and over (its own, the subnet's, leased ones).
+_IP_BYTES: dict[str, bytes] = {}
+_IP_BYTES_MAX = 8192
+
+
 def ip_bytes(ip: str) -> bytes:
     """'10.0.0.1' → 4 bytes; raises ValueError."""
-    if ip == "0.0.0.0":
-        return b"\x00\x00\x00\x00"
+    b = _IP_BYTES.get(ip)
+    if b is not None:
+        return b
     parts = ip.split(".")
     if len(parts) != 4:
         raise ValueError(f"{ip!r} is not an IPv4 address")
-    return bytes(map(int, parts))
+    b = bytes(map(int, parts))
+    if len(_IP_BYTES) >= _IP_BYTES_MAX:
+        _IP_BYTES.clear()
+    _IP_BYTES[ip] = b
+    return b
 
 
 _ZERO4 = bytes(4)
@@ -146,10 +166,3 @@ def parse_user_class(value: bytes) -> list[bytes]:
         items.append(value[i + 1 : i + 1 + length])
         i += 1 + length
     return items or [value]
-
-
-def parse_client_arch(value: bytes) -> list[int]:
-    """Option 93: a list of 16-bit architecture types (RFC 4578 §2.1)."""
-    if len(value) < 2 or len(value) % 2:
-        raise DhcpDecodeError("bad-option", f"option 93 has {len(value)} bytes, not pairs")
-    return [int.from_bytes(value[i : i + 2], "big") for i in range(0, len(value), 2)]

@@ -12,7 +12,6 @@ from bootd.proto.dhcp.options import (
     encode_options,
     ip_bytes,
     ip_str,
-    parse_client_arch,
     parse_option_area,
     parse_user_class,
 )
@@ -93,12 +92,9 @@ class DhcpPacket:
     def client_arch(self) -> int | None:
         """First architecture type of option 93 (RFC 4578 §2.1); malformed counts as absent."""
         v = self.options.get(Opt.CLIENT_ARCH)
-        if not v:
+        if not v or len(v) % 2:  # a list of 16-bit types: an odd length is malformed
             return None
-        try:
-            return parse_client_arch(v)[0]
-        except DhcpDecodeError:
-            return None
+        return v[0] << 8 | v[1]
 
     def encode(self) -> bytes:
         """Wire bytes: header, cookie, options (long ones split), END, padded to 300."""
