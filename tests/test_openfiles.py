@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bootd.http.openfiles import OpenFiles, OutsideRoot
+from bootd.http import openfiles
+from bootd.http.openfiles import OpenFiles, OutsideRoot, filesystem_type
 
 
 class Clock:
@@ -188,3 +189,36 @@ async def test_without_procfs_every_request_opens_by_path(root: Path) -> None:
     assert await read(files, root, "vmlinuz") == b"kernel-2"  # nothing kept
     assert len(files) == 0
     files.close()
+
+
+def test_filesystem_type_reads_mountinfo(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "98 22 0:52 / /srv/images rw,relatime shared:40 master:3 - nfs4 head:/images rw,vers=4.2\n"
+        "99 22 0:53 / /scratch rw - fuse.sshfs user@host:/ rw\n"
+    )
+    assert filesystem_type(os.makedev(8, 1), str(info)) == "ext4"
+    assert filesystem_type(os.makedev(0, 52), str(info)) == "nfs4"
+    assert filesystem_type(os.makedev(0, 53), str(info)) == "fuse.sshfs"
+    assert filesystem_type(os.makedev(9, 9), str(info)) is None
+    assert filesystem_type(os.makedev(8, 1), str(tmp_path / "missing")) is None
+    # This test's own directory is on something real that mountinfo names.
+    assert filesystem_type(os.stat(tmp_path).st_dev) is not None
+
+
+async def test_files_on_network_filesystems_are_reopened_off_the_loop(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NFS revalidates on open (close-to-open): a hung server must not stall the loop.
+    monkeypatch.setattr(openfiles, "LOCAL_FILESYSTEMS", frozenset())
+    files = OpenFiles(clock=Clock())
+    assert await read(files, root, "vmlinuz") == b"kernel-1"
+    assert await read(files, root, "vmlinuz") == b"kernel-1"
+    assert files.checks == 1 and files.thread_reopens == 2
+    files.close()
+    monkeypatch.undo()
+    local = OpenFiles(clock=Clock())
+    assert await read(local, root, "vmlinuz") == b"kernel-1"
+    assert local.thread_reopens == 0  # pytest's tmp_path is on a local filesystem here
+    local.close()

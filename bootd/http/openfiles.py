@@ -6,7 +6,7 @@ an `open`, both in a worker thread so a stalled disk or NFS mount cannot freeze
 the event loop. That thread hop alone cost 70-450 µs of CPU per request on the
 2-core bench machine (GIL hand-offs and futex wake-ups), twice the rest of an
 image request. Here the checked file is kept open and each request reopens it
-through `/proc/self/fd`: one `open` of an already-resolved inode in the loop, no
+through `/proc/self/fd`: one `open` of an already-resolved inode, no
 path walk, no symlink to follow, so nothing can swap the file for one outside
 the jail in between. Each request still gets its own open file description
 (its own file position, which asyncio's sendfile and its read() fallback use).
@@ -14,6 +14,10 @@ the jail in between. Each request still gets its own open file description
 A kept file is trusted for `VALID` seconds, then checked again in the worker
 thread (one check per file however many requests wait for it): a replaced or
 changed image is served from then on, a deleted one answers 404.
+
+Reopening is a filesystem call: on NFS (close-to-open consistency) or any other
+network filesystem it can wait on the server, so files there are reopened in the
+worker thread; only files on local filesystems are reopened in the loop.
 """
 
 from __future__ import annotations
@@ -33,6 +37,31 @@ from typing import BinaryIO
 VALID = 1.0
 # Open files kept; the least recently used one closes beyond this.
 MAX_FILES = 64
+# Filesystems whose open() never waits on a network peer (mountinfo's type field).
+# Anything else (nfs, cifs, lustre, gpfs, ceph, fuse.*, 9p, ...) or unknown: not local.
+LOCAL_FILESYSTEMS = frozenset(
+    {
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "reiserfs",
+        "tmpfs", "ramfs", "overlay", "squashfs", "erofs", "iso9660", "udf", "vfat", "exfat",
+    }
+)  # fmt: skip
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def filesystem_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
+    """The filesystem type mounted from device `dev` (an st_dev), per mountinfo; None if unknown."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                # id parent major:minor root mountpoint options [optional...] - type source
+                if len(fields) > 2 and fields[2] == want and "-" in fields:
+                    i = fields.index("-")
+                    return fields[i + 1] if i + 1 < len(fields) else None
+    except OSError:
+        return None
+    return None
 
 
 class OutsideRoot(Exception):
@@ -61,6 +90,7 @@ class _Kept:
     fd: int
     ident: tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
     checked: float
+    local: bool  # on a local filesystem: reopened in the loop, else in the worker thread
 
 
 Key = tuple[str, str]
@@ -81,6 +111,9 @@ class OpenFiles:
         self._kept: OrderedDict[Key, _Kept] = OrderedDict()
         self._checks: dict[Key, asyncio.Task[_Kept]] = {}
         self.checks = 0  # path checks run in the worker thread (misses and expiries)
+        self.thread_reopens = 0  # reopens of files on network filesystems
+        # st_dev -> local filesystem? (a device's filesystem type does not change)
+        self._local_dev: dict[int, bool] = {}
         # Reopening through /proc/self/fd needs procfs; without it every request opens
         # by path in the worker thread, as if nothing were kept.
         self._reopen_ok = os.path.isdir("/proc/self/fd")
@@ -99,7 +132,12 @@ class OpenFiles:
             else:
                 self._kept.move_to_end(key)
             try:
-                fd = os.open(f"/proc/self/fd/{kept.fd}", os.O_RDONLY | os.O_CLOEXEC)
+                if kept.local:
+                    fd = _reopen(kept.fd)
+                else:
+                    self.thread_reopens += 1
+                    loop = asyncio.get_running_loop()
+                    fd = await loop.run_in_executor(None, _reopen, kept.fd)
             except FileNotFoundError:
                 fd = -1  # closed (evicted, replaced) while this request waited
             if fd >= 0:
@@ -131,7 +169,7 @@ class OpenFiles:
         self.checks += 1
         loop = asyncio.get_running_loop()
         try:
-            fd, st = await loop.run_in_executor(None, open_in_jail, root, rel)
+            fd, st, local = await loop.run_in_executor(None, self._open_and_classify, root, rel)
         except BaseException:
             self._forget(key)
             raise
@@ -143,11 +181,19 @@ class OpenFiles:
             self._kept.move_to_end(key)
             return old
         self._forget(key)
-        kept = self._kept[key] = _Kept(fd, ident, self.clock())
+        kept = self._kept[key] = _Kept(fd, ident, self.clock(), local)
         while len(self._kept) > self.max_files:
             _, gone = self._kept.popitem(last=False)
             os.close(gone.fd)
         return kept
+
+    def _open_and_classify(self, root: Path, rel: str) -> tuple[int, os.stat_result, bool]:
+        # Worker thread: the jailed open, and (once per device) whether it is local.
+        fd, st = open_in_jail(root, rel)
+        local = self._local_dev.get(st.st_dev)
+        if local is None:
+            local = self._local_dev[st.st_dev] = filesystem_type(st.st_dev) in LOCAL_FILESYSTEMS
+        return fd, st, local
 
     def _forget(self, key: Key) -> None:
         old = self._kept.pop(key, None)
@@ -164,6 +210,11 @@ class OpenFiles:
         while self._kept:
             _, kept = self._kept.popitem()
             os.close(kept.fd)
+
+
+def _reopen(fd: int) -> int:
+    """A new open file description of the inode behind our fd (procfs magic link)."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _wrap(fd: int) -> tuple[BinaryIO, os.stat_result]:
