@@ -288,7 +288,20 @@ def test_640_concurrent_ipxe_efi(lab: Lab) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["ok"] == 640 and s["errors"] == {}, s
+    if s["ok"] != 640 or s["errors"]:
+        # Seen once in a full CI run (639/640 after 31 s, passing alone): say what each
+        # side thought happened, for the next time.
+        outcomes = {
+            k: metric(lab.metrics(), "bootd_tftp_transfers_total", result=k)
+            - metric(before, "bootd_tftp_transfers_total", result=k)
+            for k in ("ok", "timeout", "aborted", "error", "illegal", "busy")
+        }
+        log_tail = [ln for ln in lab.proc.log().splitlines() if "tftp" in ln][-20:]
+        pytest.fail(
+            f"{s['ok']}/640 fetched; client errors {s['errors']}, resends "
+            f"{s['client_resends']}, slowest {s['slowest']:.1f} s; server outcomes {outcomes}; "
+            f"bootd log: {log_tail}"
+        )
     assert s["sha256"] == [lab.sha("ipxe.efi")] and s["bytes"] == 640 * SIZES["ipxe.efi"]
     # The client is done once it has sent its last ACK; give the server a moment to read it.
     for _ in range(100):
