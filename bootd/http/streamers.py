@@ -27,6 +27,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 
+from bootd.children import reap
 from bootd.http.pump import CANCEL, DONE, JOB
 
 log = logging.getLogger("bootd.http")
@@ -201,11 +202,7 @@ class SendfileWorkers:
                     os.close(fd)
             w.outbox.clear()
         w.control.close()
-        try:
-            code = w.proc.wait(timeout=2)  # it closed its end: it is exiting
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            code = w.proc.wait()
+        code = reap(w.proc, 2.0)  # it closed its end: it is exiting
         jobs, w.jobs = w.jobs, {}
         for j in jobs.values():
             if not j.fut.done():
@@ -241,9 +238,5 @@ class SendfileWorkers:
                     j.fut.set_exception(ConnectionResetError("sendfile workers stopped"))
             w.jobs.clear()
         for w in self._workers:
-            try:
-                w.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
+            reap(w.proc, 5.0)
         self._workers.clear()

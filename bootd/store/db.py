@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bootd.children import reap
 from bootd.store.jobs import LINGER, Job, Reply, connect, frame, unframe, unframe_into
 from bootd.store.jobs import StoreError as StoreError  # raised to the store's callers
 
@@ -121,11 +122,7 @@ class Database:
         except (OSError, EOFError) as exc:
             ours.close()
             self._sock = None
-            try:
-                code = self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                code = self._proc.wait()
+            code = reap(self._proc, 5.0)
             raise StoreError(
                 f"the store writer for {self.path} did not start (exit code {code}): {exc}"
             ) from None
@@ -402,11 +399,7 @@ class Database:
             sock.close()  # EOF: the writer commits anything left and exits
             self._sock = None
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            reap(self._proc, 30.0)
             self._proc = None
         for fut in self._pending.values():
             if not fut.done():
