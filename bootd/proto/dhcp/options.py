@@ -93,33 +93,24 @@ def parse_option_area(
     # end instead; a missing END at the very end is harmless, so we accept it.
 
 
+def _instances(code: int, value: bytes) -> bytes:
+    """One option on the wire: an instance per 255 bytes of value (RFC 3396 §5)."""
+    return b"".join(
+        bytes((code, len(value[i : i + 255]))) + value[i : i + 255]
+        for i in range(0, len(value) or 1, 255)
+    )
+
+
 def encode_options(options: dict[int, bytes]) -> bytearray:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
-    if _PAD not in options and _END not in options:
-        try:
-            # The usual reply: every value fits one instance. bytes((code, n)) raises
-            # ValueError for n > 255, and then the general path splits it.
-            out = bytearray(b"".join([bytes((c, len(v))) + v for c, v in options.items()]))
-        except ValueError:
-            pass
-        else:
-            out.append(_END)
-            return out
-    out = bytearray()
-    for code, value in options.items():
-        if code in (_PAD, _END):
-            continue
-        n = len(value)
-        if n <= 255:
-            out.append(code)
-            out.append(n)
-            out += value
-            continue
-        for start in range(0, n, 255):
-            chunk = value[start : start + 255]
-            out.append(code)
-            out.append(len(chunk))
-            out += chunk
+    if _PAD in options or _END in options:  # not options: never written
+        options = {c: v for c, v in options.items() if c != _PAD and c != _END}
+    try:
+        # Nearly always every value fits one instance; bytes() refuses a length over 255.
+        body = b"".join([bytes((c, len(v))) + v for c, v in options.items()])
+    except ValueError:
+        body = b"".join([_instances(c, v) for c, v in options.items()])
+    out = bytearray(body)
     out.append(_END)
     return out
 
