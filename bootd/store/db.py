@@ -216,7 +216,7 @@ class Database:
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise StoreError(f"write job does not pickle: {exc}") from exc
         if loop is None:  # no loop at all (setup, shutdown, tools): send now
-            self._out += self._take_held() + data
+            self._out += self._take_held(data)
             self._send_blocking()
             return
         if all(job == 0 for job, _, _ in jobs):
@@ -227,15 +227,19 @@ class Database:
             if self._held_timer is None:
                 self._held_timer = loop.call_later(LINGER, self._send_held, loop)
             return
-        self._send_frame(self._take_held() + data, loop)
+        self._send_frame(self._take_held(data), loop)
 
-    def _take_held(self) -> bytes:
+    def _take_held(self, then: bytes = b"") -> bytes:
+        """The held background frames followed by `then`, in one copy; nothing is held after."""
         if self._held_timer is not None:
             self._held_timer.cancel()
             self._held_timer = None
-        held = bytes(self._held)
+        if not self._held:
+            return then
+        self._held += then
+        out = bytes(self._held)
         self._held.clear()
-        return held
+        return out
 
     def _send_held(self, loop: asyncio.AbstractEventLoop) -> None:
         self._held_timer = None
@@ -357,7 +361,7 @@ class Database:
         for hook in self._hooks:
             hook()
         job = next(self._ids)
-        self._out += self._take_held() + frame([(job, None, ())])
+        self._out += self._take_held(frame([(job, None, ())]))
         self._send_blocking()
         self._wait_for(job, time.monotonic() + 30)
 
