@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bootd.boot.node import Node
 from bootd.config import parse_config
@@ -364,6 +366,33 @@ def test_raw_unicast_frame_checksums_match_scapy() -> None:
     again = IP(bytes(pkt))
     assert (again.chksum, again[UDP].chksum) == (ours_ip, ours_udp)
     assert bytes(again[UDP].payload) == payload
+
+
+def _rfc1071(data: bytes) -> int:
+    """The checksum as RFC 1071 spells it: 16-bit words, end-around carry, complement."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\0", b"\0\0\0", b"\xff\xff", b"\xff" * 7, b"\x00\x01\xff\xfe", bytes(300)]
+)
+def test_checksum_edges_match_rfc1071(data: bytes) -> None:
+    from bootd.dhcp.rawsend import checksum
+
+    assert checksum(data) == _rfc1071(data)
+
+
+@given(st.binary(max_size=1500))
+def test_checksum_matches_rfc1071(data: bytes) -> None:
+    from bootd.dhcp.rawsend import checksum
+
+    assert checksum(data) == _rfc1071(data)
 
 
 async def test_pending_offers_are_bounded(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:

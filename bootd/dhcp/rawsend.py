@@ -11,40 +11,42 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
-from array import array
 
 ETH_P_IP = 0x0800
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum."""
+    """RFC 1071 Internet checksum.
+
+    The one's complement sum of 16-bit words is congruent to the data read as one
+    big-endian integer modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), so the sum is one
+    int.from_bytes and one remainder, both in C: about a fifth of summing an array.
+    """
     if len(data) % 2:
         data += b"\0"
-    words = array("H", data)
-    total = _fold(sum(words))
-    if sys.byteorder == "little":
-        total = ((total & 0xFF) << 8) | (total >> 8)
+    value = int.from_bytes(data, "big")
+    total = value % 0xFFFF
+    if total == 0 and value:  # one's complement has two zeros; a non-zero sum folds to 0xFFFF
+        total = 0xFFFF
     return ~total & 0xFFFF
+
+
+_PSEUDO = struct.Struct("!4s4sBBHHHHH")
 
 
 def ipv4_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     """IPv4 header (DF, TTL 64) + UDP header with checksum + payload."""
     ulen = 8 + len(payload)
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_UDP, ulen)
-    usum = checksum(pseudo + _UDP.pack(sport, dport, ulen, 0) + payload) or 0xFFFF
-    udp = _UDP.pack(sport, dport, ulen, usum)
+    # Pseudo-header and UDP header with a zero checksum, then the payload (RFC 768).
+    usum = checksum(
+        _PSEUDO.pack(src, dst, 0, socket.IPPROTO_UDP, ulen, sport, dport, ulen, 0) + payload
+    )
     head = _IP.pack(0x45, 0, 20 + ulen, 0, 0x4000, 64, socket.IPPROTO_UDP, 0, src, dst)
-    head = head[:10] + struct.pack("!H", checksum(head)) + head[12:]
-    return head + udp + payload
+    head = _IP.pack(0x45, 0, 20 + ulen, 0, 0x4000, 64, socket.IPPROTO_UDP, checksum(head), src, dst)
+    # A computed zero goes out as 0xFFFF: zero on the wire means "no checksum".
+    return head + _UDP.pack(sport, dport, ulen, usum or 0xFFFF) + payload
 
 
 class RawSender:
