@@ -75,6 +75,11 @@ def unframe(buf: bytearray) -> list[Any]:
     return out
 
 
+def insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    """A job of one statement run for each row (executemany); the rows it changed."""
+    return max(0, conn.executemany(sql, rows).rowcount)
+
+
 def statements(conn: sqlite3.Connection, *stmts: tuple[str, Sequence[Any]]) -> int:
     """A job of plain SQL: run each (sql, params) in order; the rows they changed."""
     changed = 0
