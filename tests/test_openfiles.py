@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from bootd.http import openfiles
-from bootd.http.openfiles import OpenFiles, OutsideRoot, filesystem_type
+from bootd import fsinfo
+from bootd.fsinfo import filesystem_type
+from bootd.http.openfiles import OpenFiles, OutsideRoot
 
 
 class Clock:
@@ -211,7 +212,7 @@ async def test_files_on_network_filesystems_are_reopened_off_the_loop(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # NFS revalidates on open (close-to-open): a hung server must not stall the loop.
-    monkeypatch.setattr(openfiles, "LOCAL_FILESYSTEMS", frozenset())
+    monkeypatch.setattr(fsinfo, "LOCAL_FILESYSTEMS", frozenset())
     files = OpenFiles(clock=Clock())
     assert await read(files, root, "vmlinuz") == b"kernel-1"
     assert await read(files, root, "vmlinuz") == b"kernel-1"

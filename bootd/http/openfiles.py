@@ -33,35 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bootd.fsinfo import LocalDevices
+
 # Seconds a checked file is served without looking at the path again.
 VALID = 1.0
 # Open files kept; the least recently used one closes beyond this.
 MAX_FILES = 64
-# Filesystems whose open() never waits on a network peer (mountinfo's type field).
-# Anything else (nfs, cifs, lustre, gpfs, ceph, fuse.*, 9p, ...) or unknown: not local.
-LOCAL_FILESYSTEMS = frozenset(
-    {
-        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "reiserfs",
-        "tmpfs", "ramfs", "overlay", "squashfs", "erofs", "iso9660", "udf", "vfat", "exfat",
-    }
-)  # fmt: skip
-MOUNTINFO = "/proc/self/mountinfo"
-
-
-def filesystem_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
-    """The filesystem type mounted from device `dev` (an st_dev), per mountinfo; None if unknown."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                # id parent major:minor root mountpoint options [optional...] - type source
-                if len(fields) > 2 and fields[2] == want and "-" in fields:
-                    i = fields.index("-")
-                    return fields[i + 1] if i + 1 < len(fields) else None
-    except OSError:
-        return None
-    return None
 
 
 class OutsideRoot(Exception):
@@ -113,7 +90,7 @@ class OpenFiles:
         self.checks = 0  # path checks run in the worker thread (misses and expiries)
         self.thread_reopens = 0  # reopens of files on network filesystems
         # st_dev -> local filesystem? (a device's filesystem type does not change)
-        self._local_dev: dict[int, bool] = {}
+        self._is_local = LocalDevices()
         # Reopening through /proc/self/fd needs procfs; without it every request opens
         # by path in the worker thread, as if nothing were kept.
         self._reopen_ok = os.path.isdir("/proc/self/fd")
@@ -190,10 +167,7 @@ class OpenFiles:
     def _open_and_classify(self, root: Path, rel: str) -> tuple[int, os.stat_result, bool]:
         # Worker thread: the jailed open, and (once per device) whether it is local.
         fd, st = open_in_jail(root, rel)
-        local = self._local_dev.get(st.st_dev)
-        if local is None:
-            local = self._local_dev[st.st_dev] = filesystem_type(st.st_dev) in LOCAL_FILESYSTEMS
-        return fd, st, local
+        return fd, st, self._is_local(st.st_dev)
 
     def _forget(self, key: Key) -> None:
         old = self._kept.pop(key, None)

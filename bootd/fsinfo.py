@@ -1,0 +1,50 @@
+"""Which filesystem a file lives on, so callers know whether a syscall on it can wait on a network.
+
+An open() or read() on NFS (close-to-open consistency, no data in the page cache)
+or any other network filesystem can wait on its server; a hung server would then
+freeze the event loop. Services serve files from local filesystems in the loop and
+keep everything else off it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Filesystems whose calls never wait on a network peer (mountinfo's type field).
+# Anything else (nfs, cifs, lustre, gpfs, ceph, fuse.*, 9p, ...) or unknown: not local.
+LOCAL_FILESYSTEMS = frozenset(
+    {
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "reiserfs",
+        "tmpfs", "ramfs", "overlay", "squashfs", "erofs", "iso9660", "udf", "vfat", "exfat",
+    }
+)  # fmt: skip
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def filesystem_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
+    """The filesystem type mounted from device `dev` (an st_dev), per mountinfo; None if unknown."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                # id parent major:minor root mountpoint options [optional...] - type source
+                if len(fields) > 2 and fields[2] == want and "-" in fields:
+                    i = fields.index("-")
+                    return fields[i + 1] if i + 1 < len(fields) else None
+    except OSError:
+        return None
+    return None
+
+
+class LocalDevices:
+    """st_dev → on a local filesystem? Read from mountinfo once per device (call it off the loop)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, dev: int) -> bool:
+        local = self._known.get(dev)
+        if local is None:
+            local = self._known[dev] = filesystem_type(dev) in LOCAL_FILESYSTEMS
+        return local
