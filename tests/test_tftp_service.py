@@ -384,3 +384,32 @@ async def test_unreadable_file_ends_that_transfer_only(
     assert sample(tftpd, "bootd_tftp_active_transfers") == 0
     monkeypatch.undo()
     assert (await fetch(addr(tftpd), "sub/exact.bin")).ok
+
+
+async def test_a_hung_filesystem_stalls_only_its_own_requests(
+    tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from bootd.tftp.files import FileCache
+
+    real_open = FileCache._open
+    release = threading.Event()
+
+    def hung(self: FileCache, r: Path, name: str) -> object:
+        if name == "ipxe.efi":
+            release.wait(10)  # an NFS server that stopped answering, until it comes back
+        return real_open(self, r, name)
+
+    monkeypatch.setattr(FileCache, "_open", hung)
+    slow = asyncio.ensure_future(fetch(addr(tftpd), "ipxe.efi", blksize=1468))
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    fast = await fetch(addr(tftpd), "sub/exact.bin")  # the loop keeps serving the rest
+    assert fast.ok and fast.sha256 == sha(root / "sub" / "exact.bin")
+    assert time.monotonic() - start < 2 and not slow.done()
+    assert sample(tftpd, "bootd_tftp_active_transfers") == 0  # the waiting one is no transfer yet
+    release.set()
+    r = await slow
+    assert r.ok and r.sha256 == sha(root / "ipxe.efi")

@@ -1,21 +1,40 @@
-"""Files served by TFTP: pread through the page cache, one shared fd per file."""
+"""Files served by TFTP: checked off the loop, then pread through the page cache, one fd per file.
+
+Resolving a requested name (a realpath walk inside tftp.root), stat and open run
+in a worker thread: on a network filesystem any of them can wait on the server.
+A checked file is then trusted for `VALID` seconds, as nginx's open_file_cache
+does, so the 640 RRQs of a storm for ipxe.efi cost the loop no system call at all
+before their first block. Blocks are read with pread in the loop, which only
+touches the page cache for a file on a local filesystem; a file on a network
+filesystem is read whole in the worker thread instead and served from memory
+(TFTP serves boot loaders: a few MB), within the packet-cache budget.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import time
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
+from bootd.fsinfo import LocalDevices
 from bootd.proto.tftp.packets import ErrorCode
-from bootd.tftp.jail import Refused
+from bootd.tftp.jail import Refused, jailed
 
+# Seconds a checked name is served without looking at the filesystem again: a file
+# replaced or deleted in tftp.root is seen by requests that come this much later.
+VALID = 1.0
 # Open files kept for reuse. Firmware asks for a handful of binaries; the cap only
 # matters if a client walks many names. Evicted files close once no transfer reads them.
 MAX_CACHED_FILES = 256
 
 # DATA packets kept in memory, shared by every transfer of a file at one blksize: a storm
 # of 640 fetches of ipxe.efi builds each packet once. Bounded in total, and per file by
-# blksize variants (clients choose blksize; a hostile one could walk them all).
+# blksize variants (clients choose blksize; a hostile one could walk them all). Copies of
+# files on network filesystems come out of the same budget.
 MAX_PACKET_CACHE_BYTES = 256 << 20
 MAX_BLKSIZES_PER_FILE = 4
 # Per-packet memory beyond its bytes (CPython bytes object header, list slot).
@@ -24,17 +43,35 @@ _PACKET_OVERHEAD = 48
 # Per-client generated iPXE scripts, served when no such file exists in the root.
 # Some NIC firmware (Dell E810) fetches autoexec.ipxe and never falls back.
 GENERATED = frozenset({"autoexec.ipxe", "config.ipxe"})
+_PROC_FD = "/proc/self/fd"
+
+Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+class Generated:
+    """A name in GENERATED with no such file in the root: a per-client script is served."""
+
+    __slots__ = ("checked",)
+
+    def __init__(self, checked: float) -> None:
+        self.checked = checked
 
 
 class SharedFile:
     """A ByteSource over one open file; every transfer of it shares the fd and page cache."""
 
-    def __init__(self, fd: int, key: tuple[int, int, int, int], cache: FileCache) -> None:
+    def __init__(
+        self, fd: int, key: Ident, cache: FileCache, checked: float, data: bytes | None = None
+    ) -> None:
         self.fd = fd
         self.key = key
         self.refs = 0
         self.evicted = False
         self.cached_bytes = 0
+        # When the name was last checked against the filesystem (cache clock).
+        self.checked = checked
+        # The whole file, for one on a network filesystem (its reads never touch the loop).
+        self.data = data
         self._cache = cache
         self._packets: dict[int, list[bytes | None]] = {}
 
@@ -55,17 +92,32 @@ class SharedFile:
         return self.key[2]
 
     def read(self, offset: int, length: int) -> bytes:
-        """pread: no per-transfer copy of the file, no shared file offset."""
+        """pread (no per-transfer copy, no shared offset), or a slice of the in-memory copy."""
+        if self.data is not None:
+            return self.data[offset : offset + length]
         return os.pread(self.fd, length, offset)
 
 
-class FileCache:
-    """Bounded LRU of open files keyed by real path; replaced files reopen."""
+_Opened = tuple[int, os.stat_result, bytes | None] | None  # None: a generated script
 
-    def __init__(self, max_files: int = MAX_CACHED_FILES) -> None:
+
+class FileCache:
+    """Bounded LRU of checked, open files by (root, name); changed files reopen."""
+
+    def __init__(
+        self,
+        max_files: int = MAX_CACHED_FILES,
+        valid: float = VALID,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._max = max_files
-        self._files: OrderedDict[str, SharedFile] = OrderedDict()
+        self.valid = valid
+        self.clock = clock
+        self._files: OrderedDict[tuple[str, str], SharedFile | Generated] = OrderedDict()
+        self._checks: dict[tuple[str, str], asyncio.Future[SharedFile | Generated]] = {}
+        self._is_local = LocalDevices()
         self.packet_bytes = 0
+        self.checks = 0  # names checked in the worker thread (misses and expiries)
 
     def reserve(self, nbytes: int) -> bool:
         """Take nbytes of the packet-cache budget if it is there."""
@@ -74,43 +126,121 @@ class FileCache:
         self.packet_bytes += nbytes
         return True
 
-    def acquire(self, path: str) -> SharedFile:
-        """Open (or reuse) a regular file; raises Refused with error 1 or 2."""
+    def fresh(self, root: Path, name: str) -> SharedFile | Generated | None:
+        """The file (or generated script) for name if it was checked under `valid` ago; no I/O."""
+        key = (str(root), name)
+        f = self._files.get(key)
+        if f is None or self.clock() - f.checked >= self.valid:
+            return None
+        self._files.move_to_end(key)
+        return f
+
+    async def check(self, root: Path, name: str) -> SharedFile | Generated:
+        """Resolve, stat and open name in a worker thread (one check per name however many
+        requests wait); raises Refused with error 1 or 2."""
+        key = (str(root), name)
+        fut = self._checks.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._check(key, root, name))
+            self._checks[key] = fut
+            fut.add_done_callback(lambda f: self._checked(key, f))
+        # Shielded: a request that is dropped must not cancel the check others wait for.
+        return await asyncio.shield(fut)
+
+    def _checked(self, key: tuple[str, str], fut: asyncio.Future[SharedFile | Generated]) -> None:
+        if self._checks.get(key) is fut:
+            del self._checks[key]
+        if not fut.cancelled():
+            fut.exception()  # retrieved here too, in case every waiter has left
+
+    async def _check(self, key: tuple[str, str], root: Path, name: str) -> SharedFile | Generated:
+        self.checks += 1
+        loop = asyncio.get_running_loop()
         try:
-            st = os.stat(path)
+            opened = await loop.run_in_executor(None, self._open, root, name)
+        except Refused:
+            self._forget(key)
+            raise
+        now = self.clock()
+        old = self._files.get(key)
+        if opened is None:
+            if isinstance(old, Generated):
+                old.checked = now
+                self._files.move_to_end(key)
+                return old
+            self._forget(key)
+            g = self._files[key] = Generated(now)
+            self._trim()
+            return g
+        fd, st, data = opened
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if isinstance(old, SharedFile) and old.key == ident and not old.evicted:
+            os.close(fd)
+            old.checked = now
+            self._files.move_to_end(key)
+            return old
+        self._forget(key)
+        if data is not None and not self.reserve(len(data)):
+            data = None  # over budget: pread, from the loop, like a local file
+        f = SharedFile(fd, ident, self, now, data)
+        if data is not None:
+            f.cached_bytes = len(data)
+        self._files[key] = f
+        self._trim()
+        return f
+
+    def _open(self, root: Path, name: str) -> _Opened:
+        """Worker thread: the jailed open, checked after the fact, and its content if remote."""
+        real_root, path = jailed(root, name)
+        if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise Refused(ErrorCode.FILE_NOT_FOUND, "file not found", "not_found") from None
         except OSError as exc:
             raise Refused(ErrorCode.ACCESS_VIOLATION, exc.strerror or "denied", "denied") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(ErrorCode.FILE_NOT_FOUND, "not a regular file", "not_found")
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        f = self._files.get(path)
-        if f is None or f.key != key:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise Refused(
-                    ErrorCode.ACCESS_VIOLATION, exc.strerror or "denied", "denied"
-                ) from None
-            if f is not None:
-                self._evict(path)
-            f = SharedFile(fd, key, self)
-            self._files[path] = f
-            while len(self._files) > self._max:
-                self._evict(next(iter(self._files)))
-        self._files.move_to_end(path)
-        f.refs += 1
-        return f
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Refused(ErrorCode.FILE_NOT_FOUND, "not a regular file", "not_found")
+            # What was opened, not what the name resolved to a moment earlier: a symlink
+            # swapped in between cannot lead out of the root.
+            if os.path.isdir(_PROC_FD):
+                opened = os.readlink(f"{_PROC_FD}/{fd}")
+                if not opened.startswith(real_root.rstrip("/") + "/"):
+                    raise Refused(
+                        ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
+                    )
+            data = None
+            if not self._is_local(st.st_dev) and st.st_size <= MAX_PACKET_CACHE_BYTES:
+                data = _read_all(fd, st.st_size)
+                if len(data) != st.st_size:  # changing under us: read it as it goes, by pread
+                    data = None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st, data
 
-    def _evict(self, path: str) -> None:
-        f = self._files.pop(path)
+    def _trim(self) -> None:
+        while len(self._files) > self._max:
+            self._forget(next(iter(self._files)))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        f = self._files.pop(key, None)
+        if not isinstance(f, SharedFile):
+            return
         f.evicted = True
         # In-flight transfers keep their packet list alive; new ones will not use it.
         self.packet_bytes -= f.cached_bytes
         f.cached_bytes = 0
         if f.refs == 0:
             os.close(f.fd)
+
+    def acquire(self, f: SharedFile) -> SharedFile:
+        """A transfer starts reading f (right after fresh() or check() returned it)."""
+        f.refs += 1
+        return f
 
     def release(self, f: SharedFile) -> None:
         """A transfer is done with the file."""
@@ -119,12 +249,26 @@ class FileCache:
             os.close(f.fd)
 
     def close(self) -> None:
-        """Close every cached file not in use."""
-        for path in list(self._files):
-            self._evict(path)
+        """Close every cached file not in use; cancel checks in flight."""
+        for fut in self._checks.values():
+            fut.cancel()
+        for key in list(self._files):
+            self._forget(key)
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file (as it is now: a short read ends it)."""
+    parts, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def ipxe_chain_script(base_url: str, mac: str | None) -> bytes:

@@ -18,8 +18,9 @@ class Refused(Exception):
         self.reason = reason
 
 
-def jailed(root: Path, filename: str) -> tuple[str, str]:
-    """(real root, real path of `filename` under it); Refused(ACCESS_VIOLATION) if it escapes."""
+def clean(filename: str) -> str:
+    """The requested name as a path relative to the root; Refused(ACCESS_VIOLATION) if it
+    cannot be one (checked in the loop, before anything touches the filesystem)."""
     # PXE ROMs written for Windows servers send backslashes; '..\\' must not slip through.
     name = filename.replace("\\", "/")
     if "\0" in name:
@@ -30,8 +31,17 @@ def jailed(root: Path, filename: str) -> tuple[str, str]:
         raise Refused(ErrorCode.ACCESS_VIOLATION, "absolute path refused", "absolute")
     if ".." in name.split("/"):
         raise Refused(ErrorCode.ACCESS_VIOLATION, "'..' in path refused", "traversal")
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, name))
+    return name
+
+
+def jailed(root: Path, filename: str) -> tuple[str, str]:
+    """(real root, real path of `filename` under it); Refused(ACCESS_VIOLATION) if it escapes."""
+    name = clean(filename)
+    try:
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(os.path.join(real_root, name))
+    except OSError as exc:  # a symlink loop, say
+        raise Refused(ErrorCode.ACCESS_VIOLATION, exc.strerror or "bad path", "denied") from None
     if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
         raise Refused(ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink")
     return real_root, real

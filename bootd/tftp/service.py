@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import resource
 import select
 import socket
@@ -28,8 +27,8 @@ from bootd.proto.tftp.packets import (
     encode_error,
 )
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
-from bootd.tftp.files import GENERATED, FileCache, SharedFile, ipxe_chain_script
-from bootd.tftp.jail import Refused, jailed
+from bootd.tftp.files import FileCache, Generated, SharedFile, ipxe_chain_script
+from bootd.tftp.jail import Refused, clean
 from bootd.tftp.sender import WindowSender
 from bootd.tftp.session import Address, Session
 
@@ -65,6 +64,8 @@ class TftpService:
         # Transfers in flight by client address. Bounded by tftp.max_transfers, checked
         # before every insert: that is what keeps sockets and timers finite in a storm.
         self._sessions: dict[Address, Session] = {}
+        # Requests whose file is being checked in the worker thread (counted as in flight).
+        self._opening: dict[Address, asyncio.Task[None]] = {}
         self._sock: socket.socket | None = None
         self._port = self.cfg.port
         self._single_port = self.cfg.single_port
@@ -127,6 +128,8 @@ class TftpService:
     async def stop(self, grace: float) -> None:
         """Stop accepting requests; let transfers in flight finish within `grace` seconds."""
         self._stopping = True
+        for task in self._opening.values():
+            task.cancel()
         # Single-port transfers still need the listening socket for their ACKs.
         if self._sock is not None and self._loop is not None and not self._single_port:
             self._loop.remove_reader(self._sock.fileno())
@@ -234,27 +237,72 @@ class TftpService:
 
     def _on_request(self, req: Request, addr: Address, local_ip: str, now: float) -> None:
         cfg = self.cfg
-        if addr in self._sessions or self._stopping:
-            return  # a retransmitted RRQ: the transfer's own timer answers it
+        if addr in self._sessions or addr in self._opening or self._stopping:
+            return  # a retransmitted RRQ: the transfer's own timer (or its check) answers it
         try:
             if req.opcode is Opcode.WRQ:
                 raise Refused(ErrorCode.ACCESS_VIOLATION, "read-only server", "write")
             if req.mode not in ("octet", "netascii"):
                 raise Refused(ErrorCode.ILLEGAL_OPERATION, f"mode {req.mode} unsupported", "mode")
-            if len(self._sessions) >= cfg.max_transfers:
+            busy = len(self._sessions) + len(self._opening)
+            if busy >= cfg.max_transfers:
                 self._warn.warning(
                     "busy",
                     "tftp: %d transfers in flight (tftp.max_transfers); refusing %s from %s",
-                    len(self._sessions),
+                    busy,
                     req.filename,
                     addr[0],
                 )
                 raise Refused(ErrorCode.NOT_DEFINED, "server busy, try again", "busy")
-            mac = self.ctx.mac_for_ip(addr[0])
-            source, file = self._open(req.filename, mac)
+            name = clean(req.filename)
         except Refused as r:
             self._refuse(r, req, addr, local_ip)
             return
+        found = self._files.fresh(cfg.root, name)
+        if found is not None:  # checked less than a second ago: no system call needed
+            self._start(req, addr, local_ip, found, now)
+            return
+        assert self._loop is not None
+        self._opening[addr] = self._loop.create_task(
+            self._check_then_start(req, name, addr, local_ip)
+        )
+
+    async def _check_then_start(
+        self, req: Request, name: str, addr: Address, local_ip: str
+    ) -> None:
+        """Resolve and open the file off the loop (it may sit on NFS), then start the transfer."""
+        try:
+            found = await self._files.check(self.cfg.root, name)
+        except Refused as r:
+            self._refuse(r, req, addr, local_ip)
+            return
+        except Exception:  # a bug must cost this request, not the service
+            log.exception("tftp: internal error opening %r for %s", req.filename, addr[0])
+            self._refuse(
+                Refused(ErrorCode.NOT_DEFINED, "internal error", "error"), req, addr, local_ip
+            )
+            return
+        finally:
+            self._opening.pop(addr, None)
+        if not self._stopping:
+            self._start(req, addr, local_ip, found, self.now())
+
+    def _start(
+        self,
+        req: Request,
+        addr: Address,
+        local_ip: str,
+        found: SharedFile | Generated,
+        now: float,
+    ) -> None:
+        cfg = self.cfg
+        mac = self.ctx.mac_for_ip(addr[0])
+        source: ByteSource
+        file: SharedFile | None
+        if isinstance(found, Generated):
+            source, file = MemorySource(ipxe_chain_script(self.ctx.config.http_base_url, mac)), None
+        else:
+            source = file = self._files.acquire(found)
         netascii = req.mode == "netascii"
         limits = Limits(cfg.max_blksize, cfg.max_windowsize, cfg.timeout, cfg.retries)
         params = negotiate(req.options, limits, None if netascii else source.size)
@@ -290,13 +338,6 @@ class TftpService:
             s.start(now)
         except OSError as exc:
             self.read_failed(s, exc, now)
-
-    def _open(self, filename: str, mac: str | None) -> tuple[ByteSource, SharedFile | None]:
-        real_root, path = jailed(self.cfg.root, filename)
-        if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
-            return MemorySource(ipxe_chain_script(self.ctx.config.http_base_url, mac)), None
-        f = self._files.acquire(path)
-        return f, f
 
     def _tid_socket(self, local_ip: str) -> socket.socket:
         # RFC 1350 §4: each transfer gets a fresh TID (port), from the address asked.
