@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,10 +117,10 @@ async def test_a_slow_filesystem_does_not_stall_the_loop(
     real_open = FileCache._open
     seen: list[str] = []
 
-    def hung(self: FileCache, root: Path, name: str) -> object:
+    def hung(self: FileCache, root: Path, name: str, known: Any = None) -> object:
         seen.append(threading.current_thread().name)
         time.sleep(0.5)  # a stat or open on an NFS mount whose server stopped answering
-        return real_open(self, root, name)
+        return real_open(self, root, name, known)
 
     monkeypatch.setattr(FileCache, "_open", hung)
     ticks = 0
@@ -246,3 +247,52 @@ def test_chain_script() -> None:
     assert s.startswith("#!ipxe\n")
     assert "chain --replace http://10.0.0.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01\n" in s
     assert "mac=${netX/mac}" in ipxe_chain_script("http://h:1", None).decode()
+
+
+async def test_a_check_cancelled_at_stop_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    real_open = FileCache._open
+    go = threading.Event()
+
+    def slow(self: FileCache, root: Path, name: str, known: object = None) -> object:
+        go.wait(5)
+        return real_open(self, root, name)
+
+    monkeypatch.setattr(FileCache, "_open", slow)
+    before = len(os.listdir("/proc/self/fd"))
+    cache = FileCache()
+    waiter = asyncio.ensure_future(cache.check(tmp_path, "f"))
+    await asyncio.sleep(0.05)
+    cache.close()  # the service stops while the thread is still in open()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    go.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(os.listdir("/proc/self/fd")) == before:
+            break
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_unchanged_remote_file_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fsinfo, "LOCAL_FILESYSTEMS", frozenset())
+    (tmp_path / "f").write_bytes(b"y" * 1000)
+    reads = 0
+    real = files._read_all
+
+    def counting(fd: int, size: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return real(fd, size)
+
+    monkeypatch.setattr(files, "_read_all", counting)
+    clock = Clock()
+    cache = FileCache(clock=clock)
+    a = await cache.check(tmp_path, "f")
+    clock.t += 5
+    assert await cache.check(tmp_path, "f") is a and reads == 1
+    cache.close()

@@ -397,10 +397,10 @@ async def test_a_hung_filesystem_stalls_only_its_own_requests(
     real_open = FileCache._open
     release = threading.Event()
 
-    def hung(self: FileCache, r: Path, name: str) -> object:
+    def hung(self: FileCache, r: Path, name: str, known: Any = None) -> object:
         if name == "ipxe.efi":
             release.wait(10)  # an NFS server that stopped answering, until it comes back
-        return real_open(self, r, name)
+        return real_open(self, r, name, known)
 
     monkeypatch.setattr(FileCache, "_open", hung)
     slow = asyncio.ensure_future(fetch(addr(tftpd), "ipxe.efi", blksize=1468))

@@ -155,11 +155,17 @@ class FileCache:
 
     async def _check(self, key: tuple[str, str], root: Path, name: str) -> SharedFile | Generated:
         self.checks += 1
+        old = self._files.get(key)
+        known = old.key if isinstance(old, SharedFile) else None
         loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(None, self._open, root, name, known)
         try:
-            opened = await loop.run_in_executor(None, self._open, root, name)
+            opened = await asyncio.shield(work)
         except Refused:
             self._forget(key)
+            raise
+        except asyncio.CancelledError:  # the service is stopping: close what the thread opens
+            work.add_done_callback(_close_opened)
             raise
         now = self.clock()
         old = self._files.get(key)
@@ -189,8 +195,9 @@ class FileCache:
         self._trim()
         return f
 
-    def _open(self, root: Path, name: str) -> _Opened:
-        """Worker thread: the jailed open, checked after the fact, and its content if remote."""
+    def _open(self, root: Path, name: str, known: Ident | None = None) -> _Opened:
+        """Worker thread: the jailed open, checked after the fact, and its content if remote
+        (unless it is still the `known` file, whose copy the cache already holds)."""
         real_root, path = jailed(root, name)
         if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
             return None
@@ -213,7 +220,12 @@ class FileCache:
                         ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
                     )
             data = None
-            if not self._is_local(st.st_dev) and st.st_size <= MAX_PACKET_CACHE_BYTES:
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if (
+                ident != known
+                and not self._is_local(st.st_dev)
+                and st.st_size <= MAX_PACKET_CACHE_BYTES
+            ):
                 data = _read_all(fd, st.st_size)
                 if len(data) != st.st_size:  # changing under us: read it as it goes, by pread
                     data = None
@@ -257,6 +269,13 @@ class FileCache:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _close_opened(work: asyncio.Future[_Opened]) -> None:
+    if not work.cancelled() and work.exception() is None:
+        opened = work.result()
+        if opened is not None:
+            os.close(opened[0])
 
 
 def _read_all(fd: int, size: int) -> bytes:
