@@ -153,7 +153,12 @@ def sustained(
 
 
 def search(peer: Peer, lab: VethLab, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Double the offered rate until loss reaches 1 %, then bisect once; best clean step wins."""
+    """Double the offered rate until loss reaches 1 %, then bisect between the last clean
+    rate and the first lossy one `args.bisect` times; the best clean step wins.
+
+    Servers that pass and fail the same doubling steps would otherwise tie at the last
+    clean step whatever their real ceilings; each bisection halves the uncertainty.
+    """
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
     rate, bad = args.start_rate, None
@@ -166,10 +171,19 @@ def search(peer: Peer, lab: VethLab, tmp: Path, args: argparse.Namespace) -> dic
         best = max(best, step, key=lambda s: s.get("rate", 0)) if best else step
         rate *= 2
     if bad is not None and best:
-        step = sustained(peer, lab, tmp, (best["offered"] + bad) // 2, args.period, args.clients)
-        steps.append(step)
-        if step["loss"] < 0.01 and step["rate"] > best["rate"]:
-            best = step
+        lo, hi = best["offered"], bad
+        for _ in range(args.bisect):
+            mid = (lo + hi) // 2
+            if mid - lo < 50:
+                break
+            step = sustained(peer, lab, tmp, mid, args.period, args.clients)
+            steps.append(step)
+            if step["loss"] < 0.01:
+                lo = mid
+                if step["rate"] > best["rate"]:
+                    best = step
+            else:
+                hi = mid
     return {"steps": steps, "best": best}
 
 
@@ -301,6 +315,12 @@ def main() -> None:
         default=f"0,{4 << 20}",
         help="net.core.rmem_default values to run with, comma-separated; 0 = as the system "
         "has it. Each value runs every server through both scenarios.",
+    )
+    ap.add_argument(
+        "--bisect",
+        type=int,
+        default=3,
+        help="bisections between the last clean and the first lossy sustained rate",
     )
     ap.add_argument(
         "--avalanche-runs", type=int, default=3, help="avalanches per server (median shown)"
