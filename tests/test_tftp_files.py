@@ -296,3 +296,28 @@ async def test_unchanged_remote_file_is_not_read_again(
     clock.t += 5
     assert await cache.check(tmp_path, "f") is a and reads == 1
     cache.close()
+
+
+async def test_missing_names_are_remembered_apart_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MAX_MISSING_NAMES", 3)
+    (tmp_path / "ipxe.efi").write_bytes(b"x")
+    clock = Clock()
+    cache = FileCache(max_files=1, clock=clock)
+    f = await cache.check(tmp_path, "ipxe.efi")
+    for i in range(5):  # a PXELINUX client walking config names
+        with pytest.raises(Refused):
+            await cache.check(tmp_path, f"pxelinux.cfg/C0A8{i}")
+    assert cache.fresh(tmp_path, "ipxe.efi") is f  # misses did not push the file out
+    with pytest.raises(Refused) as exc:
+        cache.fresh(tmp_path, "pxelinux.cfg/C0A84")  # remembered: no thread hop
+    assert exc.value.code == ErrorCode.FILE_NOT_FOUND
+    assert cache.fresh(tmp_path, "pxelinux.cfg/C0A80") is None  # oldest miss forgotten
+    # Created meanwhile: seen once the miss expires.
+    (tmp_path / "pxelinux.cfg").mkdir()
+    (tmp_path / "pxelinux.cfg" / "C0A84").write_bytes(b"default local\n")
+    clock.t += files.VALID
+    assert cache.fresh(tmp_path, "pxelinux.cfg/C0A84") is None
+    assert isinstance(await cache.check(tmp_path, "pxelinux.cfg/C0A84"), SharedFile)
+    cache.close()

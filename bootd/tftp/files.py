@@ -30,6 +30,10 @@ VALID = 1.0
 # Open files kept for reuse. Firmware asks for a handful of binaries; the cap only
 # matters if a client walks many names. Evicted files close once no transfer reads them.
 MAX_CACHED_FILES = 256
+# Names found missing, remembered for `VALID` seconds like files (PXELINUX walks up to
+# ten config names per client, most of them shared: C0A8, C0A, ...). Kept apart from the
+# files, so a client walking names cannot push the boot loaders out.
+MAX_MISSING_NAMES = 4096
 
 # DATA packets kept in memory, shared by every transfer of a file at one blksize: a storm
 # of 640 fetches of ipxe.efi builds each packet once. Bounded in total, and per file by
@@ -115,6 +119,8 @@ class FileCache:
         self.clock = clock
         self._files: OrderedDict[tuple[str, str], SharedFile | Generated] = OrderedDict()
         self._checks: dict[tuple[str, str], asyncio.Future[SharedFile | Generated]] = {}
+        # (root, name) -> when it was found missing.
+        self._missing: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._is_local = LocalDevices()
         self.packet_bytes = 0
         self.checks = 0  # names checked in the worker thread (misses and expiries)
@@ -127,13 +133,19 @@ class FileCache:
         return True
 
     def fresh(self, root: Path, name: str) -> SharedFile | Generated | None:
-        """The file (or generated script) for name if it was checked under `valid` ago; no I/O."""
+        """The file (or generated script) for name if it was checked under `valid` ago; no I/O.
+
+        Raises Refused(FILE_NOT_FOUND) if name was found missing under `valid` ago.
+        """
         key = (str(root), name)
         f = self._files.get(key)
-        if f is None or self.clock() - f.checked >= self.valid:
-            return None
-        self._files.move_to_end(key)
-        return f
+        if f is not None and self.clock() - f.checked < self.valid:
+            self._files.move_to_end(key)
+            return f
+        missing = self._missing.get(key)
+        if missing is not None and self.clock() - missing < self.valid:
+            raise _not_found()
+        return None
 
     async def check(self, root: Path, name: str) -> SharedFile | Generated:
         """Resolve, stat and open name in a worker thread (one check per name however many
@@ -161,12 +173,18 @@ class FileCache:
         work = loop.run_in_executor(None, self._open, root, name, known)
         try:
             opened = await asyncio.shield(work)
-        except Refused:
+        except Refused as r:
             self._forget(key)
+            if r.reason == "not_found":
+                self._missing[key] = self.clock()
+                self._missing.move_to_end(key)
+                while len(self._missing) > MAX_MISSING_NAMES:
+                    self._missing.popitem(last=False)
             raise
         except asyncio.CancelledError:  # the service is stopping: close what the thread opens
             work.add_done_callback(_close_opened)
             raise
+        self._missing.pop(key, None)
         now = self.clock()
         old = self._files.get(key)
         if opened is None:
@@ -204,7 +222,7 @@ class FileCache:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise Refused(ErrorCode.FILE_NOT_FOUND, "file not found", "not_found") from None
+            raise _not_found() from None
         except OSError as exc:
             raise Refused(ErrorCode.ACCESS_VIOLATION, exc.strerror or "denied", "denied") from None
         try:
@@ -266,9 +284,14 @@ class FileCache:
             fut.cancel()
         for key in list(self._files):
             self._forget(key)
+        self._missing.clear()
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _not_found() -> Refused:
+    return Refused(ErrorCode.FILE_NOT_FOUND, "file not found", "not_found")
 
 
 def _close_opened(work: asyncio.Future[_Opened]) -> None:

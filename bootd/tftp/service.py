@@ -255,10 +255,10 @@ class TftpService:
                 )
                 raise Refused(ErrorCode.NOT_DEFINED, "server busy, try again", "busy")
             name = clean(req.filename)
+            found = self._files.fresh(cfg.root, name)
         except Refused as r:
             self._refuse(r, req, addr, local_ip)
             return
-        found = self._files.fresh(cfg.root, name)
         if found is not None:  # checked less than a second ago: no system call needed
             self._start(req, addr, local_ip, found, now)
             return
