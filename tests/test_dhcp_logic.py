@@ -452,3 +452,60 @@ async def test_service_counts_packets_from_another_interface(
             assert stale._value.get() == 1 and answered._value.get() == 1
     finally:
         await d.stop()
+
+
+async def test_acks_leave_through_a_token_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group commit's ACKs go out ACK_BURST at a time at ACK_RATE; drain() sends the rest."""
+    import asyncio
+
+    from bootd.dhcp import handler as handler_mod
+
+    monkeypatch.setattr(handler_mod, "ACK_BURST", 4)
+    monkeypatch.setattr(handler_mod, "ACK_RATE", 20.0)
+    b = Bench(tmp_path, pool="10.0.0.100-10.0.0.150")
+    macs = [f"52:54:00:00:21:{i:02x}" for i in range(20)]
+    offered = {}
+    for mac in macs:
+        got = await b.ask(mac, MessageType.DISCOVER)
+        assert got is not None
+        offered[mac] = got[0].yiaddr
+
+    def request(mac: str) -> bytes:
+        return DhcpPacket(
+            xid=0x2100 + macs.index(mac),
+            chaddr=bytes.fromhex(mac.replace(":", "")) + bytes(10),
+            options={
+                Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST]),
+                Opt.REQUESTED_IP: ip_bytes(offered[mac]),
+                Opt.SERVER_ID: ip_bytes(SERVER),
+            },
+        ).encode()
+
+    loop = asyncio.get_running_loop()
+    try:
+        b.sent.clear()
+        for mac in macs[:12]:
+            b.handler.handle(request(mac), ("0.0.0.0", 68), 67)
+        while not b.sent:  # the leases commit (one batch), then the first burst leaves
+            await asyncio.sleep(0.001)
+        start = loop.time()
+        await asyncio.sleep(0.005)
+        assert len(b.sent) == 4
+        while len(b.sent) < 12:
+            await asyncio.sleep(0.002)
+            assert loop.time() - start < 5
+        # 8 more at 20 a second, two at a time: ~400 ms, never all at once.
+        assert loop.time() - start >= 0.25
+        acks = [p for p, _ in b.sent]
+        assert all(p.message_type is MessageType.ACK for p in acks)
+        assert sorted(p.yiaddr for p in acks) == sorted(offered[m] for m in macs[:12])
+        # Shutting down: whatever is durable leaves at once.
+        b.sent.clear()
+        for mac in macs[12:]:
+            b.handler.handle(request(mac), ("0.0.0.0", 68), 67)
+        await b.handler.drain(10)
+        assert len(b.sent) == 8
+    finally:
+        b.db.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,6 +26,16 @@ BROADCAST = "255.255.255.255"
 # ACKs waiting for their lease's commit. Each holds one encoded reply; past this
 # many the disk is far behind and new REQUESTs are dropped (the client retries).
 MAX_PENDING_COMMITS = 20000
+# Durable ACKs leave through a token bucket: ACK_RATE a second, at most ACK_BURST back to
+# back. A group commit releases hundreds of ACKs at once; sent in one go (~50,000 a
+# second here) they overflow a receiver that takes them all on one socket (a relay agent,
+# a switch's DHCP snooping, perfdhcp), and each lost ACK costs its client a
+# retransmission (1-4 s). 40,000 a second delays the last of 640 ACKs by ~16 ms at most.
+# The 640-client avalanche against perfdhcp at default socket buffers lost ACKs at
+# perfdhcp's socket in 11 of 24 runs without the bucket, in 4 of 8 with bursts of 32,
+# and in none of 48 with bursts of 16 (at 10,000-40,000 a second).
+ACK_RATE = 40000.0
+ACK_BURST = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +88,11 @@ class DhcpHandler:
         self._events: list[tuple[str, str, str, float, str]] = []
         self._flush_scheduled = False
         self._in_flight = 0
+        # Durable ACKs waiting for a token, oldest first.
+        self._outbox: deque[tuple[bytes, Destination]] = deque()
+        self._tokens = float(ACK_BURST)
+        self._tokens_at = 0.0
+        self._pacer: asyncio.TimerHandle | None = None
         # The socket adapter turns this off and calls flush() itself after each burst,
         # saving an event-loop iteration per wake-up.
         self.auto_flush = True
@@ -198,13 +215,35 @@ class DhcpHandler:
             self._store_failed(acks, exc)
             return
         self._in_flight -= len(acks)
-        for _, _, wire, dest in acks:
-            self.send(wire, dest)
+        self._outbox.extend((wire, dest) for _, _, wire, dest in acks)
+        self.send_acks()
         now = self.ctx.clock()
         record = self.ctx.timeline.record
         for ex, lease, _, _ in acks:
             self._count("request", "ack")
             record(ex.mac, ex.phase, "end", now, detail=lease.ip)
+
+    def send_acks(self) -> None:
+        """Send the waiting ACKs the token bucket allows; come back for the rest. The socket
+        adapter also calls this between bursts of requests, when timers may run late."""
+        outbox = self._outbox
+        if not outbox:
+            return
+        now = time.monotonic()
+        tokens = min(float(ACK_BURST), self._tokens + (now - self._tokens_at) * ACK_RATE)
+        self._tokens_at = now
+        n = min(int(tokens), len(outbox))
+        send = self.send
+        for _ in range(n):
+            send(*outbox.popleft())
+        self._tokens = tokens - n
+        if outbox and self._pacer is None:
+            wait = (ACK_BURST / 2 - self._tokens) / ACK_RATE
+            self._pacer = asyncio.get_running_loop().call_later(max(0.0, wait), self._paced)
+
+    def _paced(self) -> None:
+        self._pacer = None
+        self.send_acks()
 
     def _timeline_start(self, ex: Exchange, mt: MessageType | None) -> None:
         if mt == MessageType.DISCOVER:
@@ -220,3 +259,8 @@ class DhcpHandler:
         self.flush()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)
+        if self._pacer is not None:  # shutting down: what is durable leaves now
+            self._pacer.cancel()
+            self._pacer = None
+        while self._outbox:
+            self.send(*self._outbox.popleft())

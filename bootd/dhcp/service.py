@@ -151,6 +151,7 @@ class DhcpService:
                 more = self._read_burst(sock, port)
             finally:
                 self.handler.flush()
+                self.handler.send_acks()
             if not more or time.monotonic() >= deadline:
                 return
 
