@@ -4,6 +4,10 @@ Every server runs through both scenarios once per `--rmem-default` value (the
 system's, then 4 MiB): perfdhcp's one socket takes its receive buffer from that
 global default, and at the default it drops replies a server sends in bursts.
 Socket drops are counted in both namespaces, so each loss is put on its side.
+Each of those runs in two CPU placements (`--placement`): shared (servers and
+perfdhcp on every CPU) and pinned (the server on the last CPU, perfdhcp on the
+others, as if the clients were other machines). Shared, perfdhcp's threads and the server take turns on the same cores;
+pinned, bootd's writer process shares the server's one core with its event loop.
 """
 
 from __future__ import annotations
@@ -26,6 +30,36 @@ from tests.dhcp_lab import POOL, LabBootd, dhcp_config, leases_in_db, perfdhcp
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "dhcp.json"
 PREFIX = "bdh9"
+
+
+class PinnedLab(VethLab):
+    """The lab with the server under test on one CPU and perfdhcp on the others.
+
+    Clients are other machines in a real network; on this bench's two cores perfdhcp's
+    two threads and the server would otherwise take turns on both, and what gets measured
+    is partly the scheduler (perfdhcp's receiver thread descheduled while replies pile
+    up, the server descheduled while requests do). Every server gets the same CPU;
+    bootd's writer process and sendfile workers inherit it, so bootd has one core too.
+    """
+
+    def __init__(self, prefix: str, server_cpus: str, client_cpus: str) -> None:
+        super().__init__(prefix)
+        self.server_cpus = server_cpus
+        self.client_cpus = client_cpus
+
+    def in_srv(self, *cmd: str) -> list[str]:
+        return super().in_srv("taskset", "-c", self.server_cpus, *cmd)
+
+    def in_cli(self, *cmd: str) -> list[str]:
+        return super().in_cli("taskset", "-c", self.client_cpus, *cmd)
+
+
+def make_lab(pin: bool) -> VethLab:
+    """PinnedLab when asked and there are CPUs to split (server on the last one)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2 or shutil.which("taskset") is None:
+        return VethLab(PREFIX)
+    return PinnedLab(PREFIX, str(cpus[-1]), ",".join(str(c) for c in cpus[:-1]))
 
 
 class Peer:
@@ -242,10 +276,15 @@ def socket_buffers(size: int) -> Iterator[int]:
         RMEM_DEFAULT.write_text(f"{old}\n")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, pin: bool) -> dict[str, Any]:
     """Every peer through both scenarios in one lab."""
     out: dict[str, Any] = {"period_s": args.period, "clients": args.clients}
-    with VethLab(PREFIX) as lab:
+    with make_lab(pin) as lab:
+        out["cpus"] = (
+            {"server": lab.server_cpus, "perfdhcp": lab.client_cpus}
+            if isinstance(lab, PinnedLab)
+            else "shared"
+        )
         for peer in peers(lab):
             if args.only and peer.name not in args.only.split(","):
                 continue
@@ -317,6 +356,12 @@ def main() -> None:
         "has it. Each value runs every server through both scenarios.",
     )
     ap.add_argument(
+        "--placement",
+        default="shared,pinned",
+        help="CPU placements to run, comma-separated: shared (servers and perfdhcp on "
+        "every CPU) and pinned (the server on the last CPU, perfdhcp on the others)",
+    )
+    ap.add_argument(
         "--bisect",
         type=int,
         default=3,
@@ -331,11 +376,14 @@ def main() -> None:
         raise SystemExit(f"bench.dhcp: {reason}")
     load_before = os.getloadavg()[0]
     configs = []
-    for size in (int(v) for v in args.rmem_default.split(",")):
-        with socket_buffers(size) as rmem:
-            out = run(args)
-        out["rmem_default"] = rmem
-        configs.append(out)
+    for placement in args.placement.split(","):
+        if placement not in ("shared", "pinned"):
+            raise SystemExit(f"bench.dhcp: unknown placement {placement!r}")
+        for size in (int(v) for v in args.rmem_default.split(",")):
+            with socket_buffers(size) as rmem:
+                out = run(args, placement == "pinned")
+            out["rmem_default"] = rmem
+            configs.append(out)
     result = {
         "configs": configs,
         # Shared 2-core machine: the load says how much the numbers can be trusted.
@@ -345,7 +393,9 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     for out in configs:
-        print(f"\nnet.core.rmem_default = {out['rmem_default']} (restored afterwards)")
+        print(
+            f"\nnet.core.rmem_default = {out['rmem_default']} (restored afterwards); CPUs: {out['cpus']}"
+        )
         print(table(out))
     print(f"\nload average (1 min) before/after: {result['loadavg_1m']}; results in {RESULTS}")
 
