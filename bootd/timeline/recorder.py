@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from bootd.store.db import Database, Migration
-from bootd.store.jobs import insert_many, statements
+from bootd.store.jobs import many, statements
 from bootd.timeline.model import NodeTimeline
 
 SCHEMA = (
@@ -107,7 +107,7 @@ class TimelineRecorder:
         self._flush_scheduled = False
         if self._rows:
             rows, self._rows = self._rows, []
-            self._db.write_nowait(insert_many, _INSERT_ROWS, rows)
+            self._db.write_nowait(many, (_INSERT_ROWS, rows))
 
     def _next_boot_id(self, mac: str) -> int:
         rows = self._db.read("SELECT MAX(boot_id) FROM boot_events WHERE mac = ?", (mac,))
