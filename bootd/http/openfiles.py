@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bootd.fsinfo import LocalDevices
+from bootd.singleflight import SingleFlight
 
 # Seconds a checked file is served without looking at the path again.
 VALID = 1.0
@@ -86,7 +87,7 @@ class OpenFiles:
         self.max_files = max_files
         self.clock = clock
         self._kept: OrderedDict[Key, _Kept] = OrderedDict()
-        self._checks: dict[Key, asyncio.Task[_Kept]] = {}
+        self._checks: SingleFlight[Key, _Kept] = SingleFlight()
         self.checks = 0  # path checks run in the worker thread (misses and expiries)
         self.thread_reopens = 0  # reopens of files on network filesystems
         # st_dev -> local filesystem? (a device's filesystem type does not change)
@@ -128,19 +129,9 @@ class OpenFiles:
         raise OSError(errno.ESTALE, f"{rel} keeps changing while being opened")
 
     async def _check(self, key: Key, root: Path, rel: str) -> _Kept:
-        task = self._checks.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._revalidate(key, root, rel))
-            self._checks[key] = task
-            task.add_done_callback(lambda t: self._checked(key, t))
-        # Shielded: a client that leaves must not cancel the check others wait for.
-        return await asyncio.shield(task)
-
-    def _checked(self, key: Key, task: asyncio.Task[_Kept]) -> None:
-        if self._checks.get(key) is task:
-            del self._checks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here too, in case every waiter has left
+        # One check per file however many requests wait; a client that leaves does not
+        # cancel it for the others.
+        return await self._checks.run(key, lambda: self._revalidate(key, root, rel))
 
     async def _revalidate(self, key: Key, root: Path, rel: str) -> _Kept:
         self.checks += 1
@@ -179,8 +170,7 @@ class OpenFiles:
 
     def close(self) -> None:
         """Close every kept file (service stop)."""
-        for task in self._checks.values():
-            task.cancel()
+        self._checks.cancel_all()
         while self._kept:
             _, kept = self._kept.popitem()
             os.close(kept.fd)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bootd.fsinfo import LocalDevices
 from bootd.proto.tftp.packets import ErrorCode
+from bootd.singleflight import SingleFlight
 from bootd.tftp.jail import Refused, jailed
 
 # Seconds a checked name is served without looking at the filesystem again: a file
@@ -118,7 +119,7 @@ class FileCache:
         self.valid = valid
         self.clock = clock
         self._files: OrderedDict[tuple[str, str], SharedFile | Generated] = OrderedDict()
-        self._checks: dict[tuple[str, str], asyncio.Future[SharedFile | Generated]] = {}
+        self._checks: SingleFlight[tuple[str, str], SharedFile | Generated] = SingleFlight()
         # (root, name) -> when it was found missing.
         self._missing: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._is_local = LocalDevices()
@@ -151,19 +152,8 @@ class FileCache:
         """Resolve, stat and open name in a worker thread (one check per name however many
         requests wait); raises Refused with error 1 or 2."""
         key = (str(root), name)
-        fut = self._checks.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._check(key, root, name))
-            self._checks[key] = fut
-            fut.add_done_callback(lambda f: self._checked(key, f))
         # Shielded: a request that is dropped must not cancel the check others wait for.
-        return await asyncio.shield(fut)
-
-    def _checked(self, key: tuple[str, str], fut: asyncio.Future[SharedFile | Generated]) -> None:
-        if self._checks.get(key) is fut:
-            del self._checks[key]
-        if not fut.cancelled():
-            fut.exception()  # retrieved here too, in case every waiter has left
+        return await self._checks.run(key, lambda: self._check(key, root, name))
 
     async def _check(self, key: tuple[str, str], root: Path, name: str) -> SharedFile | Generated:
         self.checks += 1
@@ -280,8 +270,7 @@ class FileCache:
 
     def close(self) -> None:
         """Close every cached file not in use; cancel checks in flight."""
-        for fut in self._checks.values():
-            fut.cancel()
+        self._checks.cancel_all()
         for key in list(self._files):
             self._forget(key)
         self._missing.clear()
