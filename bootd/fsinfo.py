@@ -48,3 +48,20 @@ class LocalDevices:
         if local is None:
             local = self._known[dev] = filesystem_type(dev) in LOCAL_FILESYSTEMS
         return local
+
+
+PROC_FD = "/proc/self/fd"
+
+
+def opened_inside(fd: int, real_root: str) -> bool:
+    """Whether the file open as fd lies under real_root (a resolved path), per the kernel.
+
+    Checking the resolved name before opening leaves a window: a path component
+    swapped for a symlink in between is followed by open(). What was opened is what
+    counts. Without procfs there is nothing to ask; the name check stands alone.
+    """
+    try:
+        opened = os.readlink(f"{PROC_FD}/{fd}")
+    except OSError:
+        return not os.path.isdir(PROC_FD)
+    return opened.startswith(real_root.rstrip("/") + "/")

@@ -121,6 +121,26 @@ async def test_a_symlink_leading_out_is_refused_even_after_being_kept(
     files.close()
 
 
+def test_a_link_swapped_in_between_resolving_and_opening_is_refused(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootd.http.openfiles import open_in_jail
+
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.symlink(tmp_path / "secret", root / "raced")
+    real_resolve = Path.resolve
+
+    def before_the_swap(self: Path, strict: bool = False) -> Path:
+        # What resolve() saw a moment before the link was put in place: a plain file.
+        if self.name == "raced":
+            return real_resolve(self.parent) / self.name
+        return real_resolve(self, strict=strict)
+
+    monkeypatch.setattr(Path, "resolve", before_the_swap)
+    with pytest.raises(OutsideRoot):
+        open_in_jail(root, "raced")
+
+
 async def test_concurrent_requests_share_one_check(root: Path) -> None:
     files = OpenFiles(clock=Clock())
     results = await asyncio.gather(*(read(files, root, "vmlinuz") for _ in range(50)))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bootd.fsinfo import LocalDevices
+from bootd.fsinfo import LocalDevices, opened_inside
 from bootd.singleflight import SingleFlight
 
 # Seconds a checked file is served without looking at the path again.
@@ -54,6 +54,8 @@ def open_in_jail(root: Path, rel: str) -> tuple[int, os.stat_result]:
         raise OutsideRoot(str(full))
     fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if not opened_inside(fd, str(real_root)):  # a symlink swapped in since resolve()
+            raise OutsideRoot(str(full))
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(str(full))

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from bootd.fsinfo import LocalDevices
+from bootd.fsinfo import LocalDevices, opened_inside
 from bootd.proto.tftp.packets import ErrorCode
 from bootd.singleflight import SingleFlight
 from bootd.tftp.jail import Refused, jailed
@@ -48,7 +48,6 @@ _PACKET_OVERHEAD = 48
 # Per-client generated iPXE scripts, served when no such file exists in the root.
 # Some NIC firmware (Dell E810) fetches autoexec.ipxe and never falls back.
 GENERATED = frozenset({"autoexec.ipxe", "config.ipxe"})
-_PROC_FD = "/proc/self/fd"
 
 Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -221,12 +220,10 @@ class FileCache:
                 raise Refused(ErrorCode.FILE_NOT_FOUND, "not a regular file", "not_found")
             # What was opened, not what the name resolved to a moment earlier: a symlink
             # swapped in between cannot lead out of the root.
-            if os.path.isdir(_PROC_FD):
-                opened = os.readlink(f"{_PROC_FD}/{fd}")
-                if not opened.startswith(real_root.rstrip("/") + "/"):
-                    raise Refused(
-                        ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
-                    )
+            if not opened_inside(fd, real_root):
+                raise Refused(
+                    ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
+                )
             data = None
             ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if (
