@@ -9,6 +9,7 @@ keep everything else off it.
 from __future__ import annotations
 
 import os
+import stat
 
 # Filesystems whose calls never wait on a network peer (mountinfo's type field).
 # Anything else (nfs, cifs, lustre, gpfs, ceph, fuse.*, 9p, ...) or unknown: not local.
@@ -65,3 +66,24 @@ def opened_inside(fd: int, real_root: str) -> bool:
     except OSError:
         return not os.path.isdir(PROC_FD)
     return opened.startswith(real_root.rstrip("/") + "/")
+
+
+class OutsideRoot(Exception):
+    """What was opened lies outside the root it was asked under (a symlink led out)."""
+
+
+def open_regular_inside(path: str, real_root: str) -> tuple[int, os.stat_result]:
+    """Open path (already resolved under real_root) read-only, as the jails of HTTP and TFTP
+    do; OutsideRoot if what was opened lies elsewhere, IsADirectoryError if it is not a
+    regular file, OSError from open()."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not opened_inside(fd, real_root):  # a symlink swapped in since it was resolved
+            raise OutsideRoot(path)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st

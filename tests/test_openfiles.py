@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bootd import fsinfo
-from bootd.fsinfo import filesystem_type
-from bootd.http.openfiles import OpenFiles, OutsideRoot
+from bootd.fsinfo import OutsideRoot, filesystem_type
+from bootd.http.openfiles import OpenFiles
 
 
 class Clock:

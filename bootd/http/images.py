@@ -11,8 +11,9 @@ from aiohttp import web
 
 from bootd.boot.script import stage_for_image
 from bootd.context import Context
+from bootd.fsinfo import OutsideRoot
 from bootd.http.bss import bss_store
-from bootd.http.openfiles import OpenFiles, OutsideRoot
+from bootd.http.openfiles import OpenFiles
 from bootd.http.problem import ProblemError
 from bootd.http.ranges import plan_file_response
 from bootd.logs import RateLimitedLog

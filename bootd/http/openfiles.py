@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bootd.fsinfo import LocalDevices, opened_inside
+from bootd.fsinfo import LocalDevices, OutsideRoot, open_regular_inside
 from bootd.singleflight import SingleFlight
 
 # Seconds a checked file is served without looking at the path again.
@@ -42,27 +41,13 @@ VALID = 1.0
 MAX_FILES = 64
 
 
-class OutsideRoot(Exception):
-    """The path resolved (through a symlink) to somewhere outside http.images."""
-
-
 def open_in_jail(root: Path, rel: str) -> tuple[int, os.stat_result]:
     """Open a regular file under root (symlinks may not lead out); runs in a worker thread."""
     real_root = root.resolve()
     full = (real_root / rel).resolve(strict=True)
     if not full.is_relative_to(real_root):
         raise OutsideRoot(str(full))
-    fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if not opened_inside(fd, str(real_root)):  # a symlink swapped in since resolve()
-            raise OutsideRoot(str(full))
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(str(full))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
+    return open_regular_inside(str(full), str(real_root))
 
 
 @dataclass(slots=True)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from bootd.fsinfo import LocalDevices, opened_inside
+from bootd.fsinfo import LocalDevices, OutsideRoot, open_regular_inside
 from bootd.proto.tftp.packets import ErrorCode
 from bootd.singleflight import SingleFlight
 from bootd.tftp.jail import Refused, jailed
@@ -209,21 +208,18 @@ class FileCache:
         if path[len(real_root) :].lstrip("/") in GENERATED and not os.path.lexists(path):
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd, st = open_regular_inside(path, real_root)
         except FileNotFoundError:
             raise _not_found() from None
+        except OutsideRoot:
+            raise Refused(
+                ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
+            ) from None
+        except IsADirectoryError:
+            raise Refused(ErrorCode.FILE_NOT_FOUND, "not a regular file", "not_found") from None
         except OSError as exc:
             raise Refused(ErrorCode.ACCESS_VIOLATION, exc.strerror or "denied", "denied") from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise Refused(ErrorCode.FILE_NOT_FOUND, "not a regular file", "not_found")
-            # What was opened, not what the name resolved to a moment earlier: a symlink
-            # swapped in between cannot lead out of the root.
-            if not opened_inside(fd, real_root):
-                raise Refused(
-                    ErrorCode.ACCESS_VIOLATION, "path leads outside the TFTP root", "symlink"
-                )
             data = None
             ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if (
