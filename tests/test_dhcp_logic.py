@@ -509,3 +509,56 @@ async def test_acks_leave_through_a_token_bucket(
         assert len(b.sent) == 8
     finally:
         b.db.close()
+
+
+async def test_a_bursts_replies_to_one_destination_leave_as_one_gso_send(tmp_path: Path) -> None:
+    """16 INFORMs read in one wake-up: 16 ACKs to 127.0.0.1:68, handed to the kernel at once."""
+    import asyncio
+    import socket
+
+    from bootd.daemon import Daemon
+    from tests.helpers import base_config, free_port
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 68))
+    except OSError as exc:
+        rx.close()
+        pytest.skip(f"cannot bind the client port: {exc}")
+    port = free_port(socket.SOCK_DGRAM)
+    cfg = base_config(tmp_path, dhcp={"enabled": True, "port": port}, http={"enabled": False})
+    d = Daemon(parse_config(cfg))
+    await d.start()
+    try:
+        svc = d.services[0]
+        batches: list[int] = []
+        gso = svc._gso  # type: ignore[attr-defined]
+        real_send = gso.send
+
+        def counting(sock: socket.socket, grams: list[bytes], peer: tuple[str, int]) -> int:
+            batches.append(len(grams))
+            return real_send(sock, grams, peer)
+
+        gso.send = counting
+        rx.setblocking(False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for xid in range(1, 17):  # all queued before the loop runs: one burst
+                inform = DhcpPacket(
+                    xid=xid, ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}
+                ).encode()
+                s.sendto(inform, ("127.0.0.1", port))
+            got: list[int] = []
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                try:
+                    while True:
+                        got.append(decode(rx.recv(2048)).xid)
+                except BlockingIOError:
+                    pass
+                if len(got) == 16:
+                    break
+        assert sorted(got) == list(range(1, 17))
+        assert batches == [16] and gso.gso
+    finally:
+        await d.stop()
+        rx.close()

@@ -343,32 +343,6 @@ async def test_busy_server_coalesces_ack_polling(
     assert resumed > 0 and all(r.resent == 0 for r in results)
 
 
-def test_window_sender_groups_equal_runs() -> None:
-    from bootd.tftp.sender import WindowSender
-
-    sent: list[tuple[bytes, int | None]] = []
-
-    class FakeSock:
-        def sendto(self, d: bytes, peer: object) -> None:
-            sent.append((d, None))
-
-        def sendmsg(self, bufs: list[bytes], anc: list[tuple[int, int, bytes]], *a: object) -> None:
-            sent.append((bufs[0], int.from_bytes(anc[0][2], "little")))
-
-    w = WindowSender()
-    grams = [b"s" * 10, b"a" * 100, b"b" * 100, b"c" * 40, b"d" * 100]
-    assert w.send(FakeSock(), grams, ("x", 1))  # type: ignore[arg-type]
-    # A shorter datagram may end a run, a longer one never joins it.
-    assert sent == [
-        (b"s" * 10, None),
-        (b"a" * 100 + b"b" * 100 + b"c" * 40, 100),
-        (b"d" * 100, None),
-    ]
-    sent.clear()
-    assert w.send(FakeSock(), [b"x" * 1472] * 100, ("x", 1))  # type: ignore[arg-type]
-    assert [len(d) // 1472 for d, _ in sent] == [44, 44, 12]  # 64 KB per send at most
-
-
 async def test_unreadable_file_ends_that_transfer_only(
     tftpd: Daemon, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ from bootd.dhcp.handler import Destination, DhcpHandler
 from bootd.dhcp.rawsend import RawSender
 from bootd.logs import RateLimitedLog
 from bootd.store.leases import LeaseTable
+from bootd.udpgso import GsoSender
 
 log = logging.getLogger("bootd.dhcp")
 
@@ -73,6 +74,13 @@ class DhcpService:
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
         self._raw: RawSender | None = None
+        # Replies wait here until the end of the burst (or loop turn) that made them, then
+        # leave grouped by destination: a storm's OFFERs to the broadcast address or to
+        # one relay go out as a few UDP GSO sends instead of one sendto each.
+        self._outq: list[tuple[bytes, Destination]] = []
+        self._in_burst = False
+        self._transmit_scheduled = False
+        self._gso = GsoSender()
         self._log = RateLimitedLog(log)
         self._set_gauges()
 
@@ -146,14 +154,19 @@ class DhcpService:
 
     def _readable(self, sock: socket.socket, port: int) -> None:
         deadline = time.monotonic() + READ_BUDGET
-        while True:  # at least one burst per wake-up
-            try:
-                more = self._read_burst(sock, port)
-            finally:
-                self.handler.flush()
-                self.handler.send_acks()
-            if not more or time.monotonic() >= deadline:
-                return
+        self._in_burst = True
+        try:
+            while True:  # at least one burst per wake-up
+                try:
+                    more = self._read_burst(sock, port)
+                finally:
+                    self.handler.flush()  # the store starts on the ACKs' leases first
+                    self.handler.send_acks()
+                    self._transmit()
+                if not more or time.monotonic() >= deadline:
+                    return
+        finally:
+            self._in_burst = False
 
     def _read_burst(self, sock: socket.socket, port: int) -> bool:
         """Handle up to BURST datagrams; False once the socket is drained."""
@@ -196,25 +209,58 @@ class DhcpService:
         return ifindex, arrived
 
     def _send(self, wire: bytes, dest: Destination) -> None:
-        if not self._socks:
+        self._outq.append((wire, dest))
+        if not self._in_burst and not self._transmit_scheduled:
+            # Paced or just-committed ACKs: whatever this loop turn sends leaves together.
+            self._transmit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        """Send the queued replies: one destination and length at a time, as GSO batches."""
+        self._transmit_scheduled = False
+        queue, self._outq = self._outq, []
+        if not queue or not self._socks:
             return
-        # via=-1: the proxy (last) socket; everything else leaves from the DHCP port.
-        sock = self._socks[-1][0] if dest.via == -1 else self._socks[0][0]
+        groups: dict[tuple[int, str, int, int], list[bytes]] = {}
+        for wire, dest in queue:
+            if dest.arp_mac is not None:
+                self._send_to_unconfigured(wire, dest)
+                continue
+            # Replies to different clients need no particular order between them.
+            key = (dest.via, dest.ip, dest.port, len(wire))
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [wire]
+            else:
+                group.append(wire)
+        for (via, ip, port, _), wires in groups.items():
+            # via=-1: the proxy (last) socket; everything else leaves from the DHCP port.
+            sock = self._socks[-1][0] if via == -1 else self._socks[0][0]
+            sent = self._gso.send(sock, wires, (ip, port))
+            if sent < len(wires):
+                self._send_failed(ip, len(wires) - sent, self._gso.last_error)
+
+    def _send_to_unconfigured(self, wire: bytes, dest: Destination) -> None:
+        """Unicast to a client that has no address yet: raw frame, else ARP entry, else broadcast."""
+        sock = self._socks[0][0]
         ip = dest.ip
-        if dest.arp_mac is not None:
-            if self._raw is not None:
-                try:
-                    self._raw.send(wire, ip, dest.port, dest.arp_mac, self._socks[0][1])
-                    return
-                except OSError as exc:
-                    self._log.warning("dhcp:raw", "dhcp: raw unicast to %s failed: %s", ip, exc)
-            if not self._set_arp(sock, ip, dest.arp_mac):
-                ip = "255.255.255.255"
+        assert dest.arp_mac is not None
+        if self._raw is not None:
+            try:
+                self._raw.send(wire, ip, dest.port, dest.arp_mac, self._socks[0][1])
+                return
+            except OSError as exc:
+                self._log.warning("dhcp:raw", "dhcp: raw unicast to %s failed: %s", ip, exc)
+        if not self._set_arp(sock, ip, dest.arp_mac):
+            ip = "255.255.255.255"
         try:
             sock.sendto(wire, (ip, dest.port))
         except OSError as exc:
-            self.ctx.metrics.dhcp_messages.labels("reply", "send-error").inc()
-            self._log.warning("dhcp:send", "dhcp: send to %s failed: %s", ip, exc)
+            self._send_failed(ip, 1, exc)
+
+    def _send_failed(self, ip: str, count: int, exc: OSError | None) -> None:
+        self.ctx.metrics.dhcp_messages.labels("reply", "send-error").inc(count)
+        self._log.warning("dhcp:send", "dhcp: send to %s failed: %s", ip, exc)
 
     def _set_arp(self, sock: socket.socket, ip: str, mac: bytes) -> bool:
         """Pin yiaddr → chaddr so a unicast reply reaches a client without an address (as dnsmasq does)."""
@@ -252,6 +298,7 @@ class DhcpService:
         for sock, _ in self._socks:
             loop.remove_reader(sock.fileno())
         await self.handler.drain(grace)
+        self._transmit()  # what drain() released leaves before the sockets close
         for sock, _ in self._socks:
             sock.close()
         self._socks = []

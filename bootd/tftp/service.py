@@ -29,8 +29,8 @@ from bootd.proto.tftp.packets import (
 from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import FileCache, Generated, SharedFile, ipxe_chain_script
 from bootd.tftp.jail import Refused, clean
-from bootd.tftp.sender import WindowSender
 from bootd.tftp.session import Address, Session
+from bootd.udpgso import GsoSender
 
 log = logging.getLogger("bootd.tftp")
 
@@ -59,7 +59,7 @@ class TftpService:
         self.ctx = ctx
         self.cfg = ctx.config.tftp
         self.buffer = bytearray(65536)
-        self.sender = WindowSender()
+        self.sender = GsoSender()
         self._files = FileCache()
         # Transfers in flight by client address. Bounded by tftp.max_transfers, checked
         # before every insert: that is what keeps sockets and timers finite in a storm.

@@ -9,7 +9,7 @@ from typing import Protocol
 from bootd.proto.tftp.packets import MAX_REQUEST, TftpDecodeError
 from bootd.proto.tftp.transfer import Outcome, Phase, ReadTransfer
 from bootd.tftp.files import SharedFile
-from bootd.tftp.sender import WindowSender
+from bootd.udpgso import GsoSender
 
 log = logging.getLogger("bootd.tftp")
 
@@ -23,7 +23,7 @@ Address = tuple[str, int]
 class SessionOwner(Protocol):
     """What a session reports to its service (metrics, timeline, unknown TIDs)."""
 
-    sender: WindowSender
+    sender: GsoSender
 
     def data_started(self, s: Session, now: float) -> None:
         """The first DATA went out (after the OACK was acknowledged, if any)."""

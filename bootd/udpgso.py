@@ -1,4 +1,10 @@
-"""Send a window of DATA to one peer; equal-size runs go out as one UDP GSO send."""
+"""Send many UDP datagrams to one peer in few system calls: equal-size runs go out as one
+UDP GSO send (Linux ≥ 4.18), which also takes them through the IP stack as one packet.
+
+TFTP sends its windows this way, DHCP a burst's replies to one destination (a relay, or
+the broadcast address). On the bench VM a 300-byte datagram cost the sender 12-14 µs of
+CPU alone and 5 µs in a GSO batch of 16 (broadcast: 18-23 → 6.6 µs).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,35 @@ import logging
 import socket
 import struct
 
-log = logging.getLogger("bootd.tftp")
+log = logging.getLogger("bootd")
 
 SOL_UDP = 17
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux ≥ 4.18; Python 3.11 lacks the name
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Python 3.11 lacks the name
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and one IP datagram.
 MAX_SEGMENTS = 64
 MAX_GSO_BYTES = 65507
 _GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
-class WindowSender:
+class GsoSender:
     """Turns a list of datagrams into as few syscalls as the kernel allows."""
 
     def __init__(self, gso: bool = True) -> None:
         # One kernel/NIC answer decides for the whole service: a per-packet fallback
         # after the first refusal, so nothing is lost but the speed-up.
         self.gso = gso
+        # Why the last send() stopped short (None when everything went out).
+        self.last_error: OSError | None = None
 
     def send(
         self, sock: socket.socket, datagrams: list[bytes], peer: tuple[str, int] | None
-    ) -> bool:
-        """Send all, in order (peer None: the socket is connected); False if it filled up."""
+    ) -> int:
+        """Send in order (peer None: the socket is connected); returns how many went out.
+
+        Stops at the first datagram the socket refuses (a full send buffer, an unreachable
+        peer) and keeps the error in `last_error`: the caller decides what a loss costs.
+        """
+        self.last_error = None
         n = len(datagrams)
         i = 0
         while i < n:
@@ -46,18 +59,15 @@ class WindowSender:
                         sock.sendmsg(buf, seg)
                     else:
                         sock.sendmsg(buf, seg, 0, peer)
-            except (BlockingIOError, InterruptedError):
-                # Send buffer full: like a lost packet, the retransmit timer recovers it.
-                return False
             except OSError as exc:
                 if j - i > 1 and exc.errno in _GSO_UNSUPPORTED:
-                    log.info("tftp: UDP GSO unavailable (%s); sending datagrams one by one", exc)
+                    log.info("UDP GSO unavailable (%s); sending datagrams one by one", exc)
                     self.gso = False
                     continue
-                log.debug("tftp: window send failed: %s", exc)
-                return False
+                self.last_error = exc
+                return i
             i = j
-        return True
+        return n
 
     @staticmethod
     def _run_end(datagrams: list[bytes], i: int) -> int:
