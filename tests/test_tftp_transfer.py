@@ -164,6 +164,21 @@ def test_retries_are_bounded_with_exponential_backoff() -> None:
     assert t2.deadline == pytest.approx(2.6)
 
 
+def test_no_wait_for_an_ack_exceeds_eight_timeouts() -> None:
+    """Slow round trips raise the base timeout; a backoff on top must not pause for a minute."""
+    t = make(b"q" * 30000, {})
+    t.start(0)
+    now = 0.0
+    for block in range(1, 6):  # round trips of 5 s: base timeout 2 x SRTT, capped at 8 s
+        now += 5.0
+        t.receive(encode_ack(block), now)
+    assert t.deadline == pytest.approx(now + 8.0)
+    for _ in range(3):  # backing off from there stays at 8 s
+        now = t.deadline
+        assert blocks_of(t.on_timeout(now)) == [6]
+        assert t.deadline == pytest.approx(now + 8.0)
+
+
 def test_tsize_probe_then_error_8_is_a_probe() -> None:
     t = make(b"e" * 3000, {"tsize": "0", "blksize": "1468"})
     t.start(0)

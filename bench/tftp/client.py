@@ -56,6 +56,7 @@ class _Fetch:
         self.keep: bytearray | None = None
         self.last_sent = b""
         self.last_rx = time.monotonic()
+        self.silent = 0  # timeouts since the last progress: what `retries` bounds
         self.resent = 0
         self.granted: dict[str, str] = {}
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -89,6 +90,10 @@ class _Fetch:
             if self.done.done():
                 return
 
+    def progress(self) -> None:
+        self.last_rx = time.monotonic()
+        self.silent = 0
+
     def handle(self, pkt: bytes) -> None:
         op = pkt[1] if len(pkt) >= 2 else 0
         if op == 6 and self.expected == 1:
@@ -97,7 +102,7 @@ class _Fetch:
                 fields[i].decode().lower(): fields[i + 1].decode()
                 for i in range(0, len(fields) - 1, 2)
             }
-            self.last_rx = time.monotonic()
+            self.progress()
             self.blksize = int(self.granted.get("blksize", 512))
             self.windowsize = int(self.granted.get("windowsize", 1))
             self.ack(0)
@@ -112,7 +117,7 @@ class _Fetch:
                     self.ack(self.expected - 1)
                 return
             # The idle timer measures progress: old duplicates must not keep it quiet.
-            self.last_rx = time.monotonic()
+            self.progress()
             self.hasher.update(payload)
             if self.keep is not None:
                 self.keep += payload
@@ -126,7 +131,7 @@ class _Fetch:
                 self.in_window = 0
                 self.ack(block)
         elif op == 5:
-            self.last_rx = time.monotonic()
+            self.progress()
             code = pkt[2] << 8 | pkt[3] if len(pkt) >= 4 else -1
             message = pkt[4:].split(b"\0")[0].decode(errors="replace")
             self.finish(f"error {code}: {message}")
@@ -166,15 +171,18 @@ async def fetch(
     loop.add_reader(f.sock.fileno(), f.on_readable)
     try:
         f.send(rrq(filename, mode, options))
-        tries = 0
         while not f.done.done():
             with_timeout = asyncio.wait_for(asyncio.shield(f.done), timeout / 4)
             try:
                 await with_timeout
             except TimeoutError:
                 if time.monotonic() - f.last_rx >= timeout:
-                    tries += 1
-                    if tries > retries:
+                    # Like tftp-hpa and firmware: give up after `retries` timeouts in a
+                    # row. Counting them over the whole transfer failed a 640-client storm
+                    # once (31 s, 639/640), where a server backing off after several
+                    # losses is silent for up to 8 s at a time.
+                    f.silent += 1
+                    if f.silent > retries:
                         f.finish("timeout")
                         break
                     f.resent += 1

@@ -16,7 +16,9 @@ from bootd.proto.tftp.packets import (
     encode_error,
 )
 
-# Retransmit timeouts double up to this multiple of the negotiated timeout.
+# Retransmit timeouts double up to this multiple of the negotiated timeout, and no wait
+# for an ACK, however slow the round trips were, is longer: clients give up on silence
+# too (a storm's round trip of 4 s times a backoff of 8 would be a 64 s pause).
 MAX_BACKOFF = 8.0
 
 
@@ -79,6 +81,7 @@ class ReadTransfer:
         self._ws = params.windowsize
         self._timeout = params.timeout
         self._rto_base = params.timeout  # before backoff; follows _srtt
+        self._max_wait = params.timeout * MAX_BACKOFF
         self._oack = encode(OptionAck(params.granted)) if params.granted else b""
         self.phase = Phase.OACK if self._oack else Phase.DATA
         self.outcome: Outcome | None = None
@@ -192,7 +195,7 @@ class ReadTransfer:
         self.phase = Phase.DATA
         self._tries = 0
         self._backoff = 1.0
-        self.deadline = now + self._rto_base * self._backoff
+        self.deadline = now + self._rto_base
         return self._send_window(1, now)
 
     def _on_data_ack(self, wire_block: int, now: float) -> list[bytes]:
@@ -225,7 +228,8 @@ class ReadTransfer:
         if last is not None and acked >= last:
             self._finish(Outcome.OK)
             return []
-        self.deadline = now + self._rto_base * self._backoff
+        wait = self._rto_base * self._backoff
+        self.deadline = now + (wait if wait < self._max_wait else self._max_wait)
         # RFC 7440 §4: an ACK inside the window means blocks after it were lost;
         # the next window starts right after the acknowledged block either way.
         return self._send_window(acked + 1, now)
@@ -241,7 +245,7 @@ class ReadTransfer:
         # RFC 1123 §4.2.3.2: back off exponentially, or a slow client in a storm gets
         # its windows again and again and the whole link collapses.
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        self.deadline = now + self._rto_base * self._backoff
+        self.deadline = now + min(self._rto_base * self._backoff, self._max_wait)
         if self.phase is Phase.OACK:
             self.retransmits += 1
             return [self._oack]
