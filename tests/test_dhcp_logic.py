@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,11 @@ from hypothesis import strategies as st
 from bootd.boot.node import Node
 from bootd.config import parse_config
 from bootd.context import Context
+from bootd.daemon import Daemon
 from bootd.dhcp.chain import build_stages, explain
 from bootd.dhcp.exchange import Exchange
 from bootd.dhcp.handler import BROADCAST, Destination, DhcpHandler
+from bootd.dhcp.service import DhcpService
 from bootd.metrics import Metrics
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt, decode
 from bootd.proto.dhcp.options import ip_bytes
@@ -24,6 +29,7 @@ from bootd.store import nodes as nodes_store
 from bootd.store.db import Database
 from bootd.store.leases import LeaseTable
 from bootd.timeline import recorder as timeline_store
+from tests.helpers import base_config, free_port
 
 SERVER = "10.0.0.1"
 
@@ -409,18 +415,7 @@ async def test_service_counts_packets_from_another_interface(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The socket adapter checks IP_PKTINFO; here the 'right' interface is one that does not exist."""
-    import asyncio
-    import socket
-
-    from bootd.daemon import Daemon
-    from tests.helpers import base_config, free_port
-
-    port = free_port(socket.SOCK_DGRAM)
-    cfg = base_config(tmp_path, dhcp={"enabled": True, "port": port}, http={"enabled": False})
-    d = Daemon(parse_config(cfg))
-    await d.start()
-    try:
-        svc = d.services[0]
+    async with dhcp_on_loopback(tmp_path) as (d, svc, port):
         # INFORM from ciaddr 127.0.0.1: the answer is unicast back to loopback, never broadcast.
         inform = DhcpPacket(ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}).encode()
         answered = d.metrics.dhcp_messages.labels("inform", "ack")
@@ -431,7 +426,7 @@ async def test_service_counts_packets_from_another_interface(
                 if answered._value.get():
                     break
             assert answered._value.get() == 1
-            svc._ifindex = 10_000  # type: ignore[attr-defined]
+            svc._ifindex = 10_000
             s.sendto(inform, ("127.0.0.1", port))
             wrong = d.metrics.malformed.labels("dhcp", "wrong-interface")
             for _ in range(100):
@@ -441,7 +436,7 @@ async def test_service_counts_packets_from_another_interface(
             assert wrong._value.get() == 1
             assert answered._value.get() == 1
             # Requests that waited in the queue past STALE_AFTER are skipped and counted.
-            svc._ifindex = None  # type: ignore[attr-defined]
+            svc._ifindex = None
             monkeypatch.setattr("bootd.dhcp.service.STALE_AFTER", -1.0)
             s.sendto(inform, ("127.0.0.1", port))
             stale = d.metrics.dhcp_messages.labels("any", "stale")
@@ -450,8 +445,6 @@ async def test_service_counts_packets_from_another_interface(
                 if stale._value.get():
                     break
             assert stale._value.get() == 1 and answered._value.get() == 1
-    finally:
-        await d.stop()
 
 
 async def test_acks_leave_through_a_token_bucket(
@@ -513,52 +506,56 @@ async def test_acks_leave_through_a_token_bucket(
 
 async def test_a_bursts_replies_to_one_destination_leave_as_one_gso_send(tmp_path: Path) -> None:
     """16 INFORMs read in one wake-up: 16 ACKs to 127.0.0.1:68, handed to the kernel at once."""
-    import asyncio
-    import socket
-
-    from bootd.daemon import Daemon
-    from tests.helpers import base_config, free_port
-
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         rx.bind(("127.0.0.1", 68))
     except OSError as exc:
         rx.close()
         pytest.skip(f"cannot bind the client port: {exc}")
+    with rx:
+        async with dhcp_on_loopback(tmp_path) as (_, svc, port):
+            batches: list[int] = []
+            gso = svc._gso
+            real_send = gso.send
+
+            def counting(
+                sock: socket.socket, grams: list[bytes], peer: tuple[str, int] | None
+            ) -> int:
+                batches.append(len(grams))
+                return real_send(sock, grams, peer)
+
+            gso.send = counting  # type: ignore[method-assign,assignment]
+            rx.setblocking(False)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for xid in range(1, 17):  # all queued before the loop runs: one burst
+                    inform = DhcpPacket(
+                        xid=xid, ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}
+                    ).encode()
+                    s.sendto(inform, ("127.0.0.1", port))
+                got: list[int] = []
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    try:
+                        while True:
+                            got.append(decode(rx.recv(2048)).xid)
+                    except BlockingIOError:
+                        pass
+                    if len(got) == 16:
+                        break
+            assert sorted(got) == list(range(1, 17))
+            assert batches == [16] and gso.gso
+
+
+@contextlib.asynccontextmanager
+async def dhcp_on_loopback(tmp_path: Path) -> AsyncIterator[tuple[Daemon, DhcpService, int]]:
+    """A daemon with only DHCP, on a free loopback port: (daemon, its DHCP service, port)."""
     port = free_port(socket.SOCK_DGRAM)
     cfg = base_config(tmp_path, dhcp={"enabled": True, "port": port}, http={"enabled": False})
     d = Daemon(parse_config(cfg))
     await d.start()
     try:
         svc = d.services[0]
-        batches: list[int] = []
-        gso = svc._gso  # type: ignore[attr-defined]
-        real_send = gso.send
-
-        def counting(sock: socket.socket, grams: list[bytes], peer: tuple[str, int]) -> int:
-            batches.append(len(grams))
-            return real_send(sock, grams, peer)
-
-        gso.send = counting
-        rx.setblocking(False)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for xid in range(1, 17):  # all queued before the loop runs: one burst
-                inform = DhcpPacket(
-                    xid=xid, ciaddr="127.0.0.1", options={Opt.MESSAGE_TYPE: b"\x08"}
-                ).encode()
-                s.sendto(inform, ("127.0.0.1", port))
-            got: list[int] = []
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                try:
-                    while True:
-                        got.append(decode(rx.recv(2048)).xid)
-                except BlockingIOError:
-                    pass
-                if len(got) == 16:
-                    break
-        assert sorted(got) == list(range(1, 17))
-        assert batches == [16] and gso.gso
+        assert isinstance(svc, DhcpService)
+        yield d, svc, port
     finally:
         await d.stop()
-        rx.close()
