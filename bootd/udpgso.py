@@ -20,6 +20,9 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Python 3.11 lacks the name
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and one IP datagram.
 MAX_SEGMENTS = 64
 MAX_GSO_BYTES = 65507
+# The UDP payload of one 1500-byte Ethernet frame: a GSO refusal at or below this size
+# means GSO itself is unavailable, above it maybe only the segment size.
+ETHERNET_PAYLOAD = 1472
 _GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
@@ -30,6 +33,9 @@ class GsoSender:
         # One kernel/NIC answer decides for the whole service: a per-packet fallback
         # after the first refusal, so nothing is lost but the speed-up.
         self.gso = gso
+        # Segments above this size went out one by one after the kernel refused a GSO send
+        # of that size (a segment must fit the device's MTU); smaller ones keep GSO.
+        self.max_segment = MAX_GSO_BYTES
         # Why the last send() stopped short (None when everything went out).
         self.last_error: OSError | None = None
 
@@ -45,7 +51,8 @@ class GsoSender:
         n = len(datagrams)
         i = 0
         while i < n:
-            j = self._run_end(datagrams, i) if self.gso and n - i > 1 else i + 1
+            gso = self.gso and n - i > 1 and len(datagrams[i]) <= self.max_segment
+            j = self._run_end(datagrams, i) if gso else i + 1
             try:
                 if j - i == 1:
                     if peer is None:
@@ -61,8 +68,17 @@ class GsoSender:
                         sock.sendmsg(buf, seg, 0, peer)
             except OSError as exc:
                 if j - i > 1 and exc.errno in _GSO_UNSUPPORTED:
-                    log.info("UDP GSO unavailable (%s); sending datagrams one by one", exc)
-                    self.gso = False
+                    size = len(datagrams[i])
+                    if size > ETHERNET_PAYLOAD:  # maybe only too big for this path's MTU
+                        log.info(
+                            "UDP GSO refused %d-byte segments (%s); sending those one by one",
+                            size,
+                            exc,
+                        )
+                        self.max_segment = size - 1
+                    else:
+                        log.info("UDP GSO unavailable (%s); sending datagrams one by one", exc)
+                        self.gso = False
                     continue
                 self.last_error = exc
                 return i

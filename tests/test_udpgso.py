@@ -70,3 +70,18 @@ def test_the_kernel_splits_a_gso_send_into_the_datagrams() -> None:
         assert w.send(tx, grams, rx.getsockname()) == 17
         assert [rx.recv(2048) for _ in grams] == grams
         assert w.gso  # the 16 equal ones went out as one send, not through the fallback
+
+
+def test_a_segment_too_big_for_the_path_loses_gso_only_for_that_size() -> None:
+    class MtuSock(FakeSock):
+        def sendmsg(self, bufs: list[bytes], anc: list[tuple[int, int, bytes]], *a: object) -> None:
+            if int.from_bytes(anc[0][2], "little") > 1472:  # the device's MTU is 1500
+                raise OSError(errno.EINVAL, "segment larger than the MTU")
+            super().sendmsg(bufs, anc, *a)
+
+    s, w = MtuSock(), GsoSender()
+    assert w.send(s, [b"j" * 4000] * 3, ("x", 1)) == 3  # type: ignore[arg-type]
+    assert s.sent == [(b"j" * 4000, None)] * 3 and w.gso and w.max_segment == 3999
+    s.sent.clear()
+    assert w.send(s, [b"s" * 300] * 3, ("x", 1)) == 3  # type: ignore[arg-type]
+    assert s.sent == [(b"s" * 900, 300)]  # small segments still go out together
