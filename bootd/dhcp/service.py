@@ -19,7 +19,7 @@ import time
 from bootd.config import Config
 from bootd.context import Context, StartupError
 from bootd.dhcp.address import networks
-from bootd.dhcp.backlog import Backlog, Request
+from bootd.dhcp.backlog import Backlog
 from bootd.dhcp.chain import build_stages
 from bootd.dhcp.handler import Destination, DhcpHandler
 from bootd.dhcp.rawsend import RawSender
@@ -194,7 +194,7 @@ class DhcpService:
             self._work_scheduled = True
             asyncio.get_running_loop().call_soon(self._work)
 
-    def _handle_burst(self, batch: list[Request]) -> None:
+    def _handle_burst(self, batch: list[tuple[bytes, tuple[str, int], int, float]]) -> None:
         handle = self.handler.handle
         for data, addr, port, _ in batch:
             try:
@@ -216,7 +216,7 @@ class DhcpService:
             m.labels("any", "overload").inc(evicted)
             self._log.warning(
                 "dhcp:backlog",
-                "dhcp: %d requests waiting; dropped the oldest, DISCOVERs first (overload)",
+                "dhcp: %d requests waiting; dropped the oldest DISCOVERs (overload)",
                 BACKLOG_LIMIT,
             )
 
