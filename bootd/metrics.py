@@ -37,9 +37,6 @@ class Metrics:
         self.dhcp_free_addresses = Gauge(
             "bootd_dhcp_free_addresses", "Pool addresses free to offer", registry=r
         )
-        self.dhcp_backlog = Gauge(
-            "bootd_dhcp_backlog", "DHCP requests read and waiting to be handled", registry=r
-        )
         self.tftp_transfers = Counter(
             "bootd_tftp_transfers", "TFTP transfers by result", ["result"], registry=r
         )

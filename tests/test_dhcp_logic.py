@@ -437,7 +437,7 @@ async def test_service_counts_packets_from_another_interface(
             assert answered._value.get() == 1
             # Requests that waited in the queue past STALE_AFTER are skipped and counted.
             svc._ifindex = None
-            svc._backlog.stale_after = -1.0
+            monkeypatch.setattr("bootd.dhcp.service.STALE_AFTER", -1.0)
             s.sendto(inform, ("127.0.0.1", port))
             stale = d.metrics.dhcp_messages.labels("any", "stale")
             for _ in range(100):

@@ -19,7 +19,6 @@ import time
 from bootd.config import Config
 from bootd.context import Context, StartupError
 from bootd.dhcp.address import networks
-from bootd.dhcp.backlog import Backlog
 from bootd.dhcp.chain import build_stages
 from bootd.dhcp.handler import Destination, DhcpHandler
 from bootd.dhcp.rawsend import RawSender
@@ -39,20 +38,16 @@ ARPHRD_ETHER = 1
 # commit sooner: in the 640-client avalanche, 256 gave ~2 s and ~130 resends, 16 gave
 # 0.4-1.0 s and ~15-30 (same run).
 BURST = 16
-# Bursts keep being handled in one go until the backlog is empty or this much time has
-# gone; the rest waits for the next loop turn. With one burst per wake-up, a loop busy
-# with 640 TFTP transfers (~25 ms an iteration) answered only ~600 DHCP packets a second,
-# and iPXE clients, which retransmit after 1 s, fell into retry storms.
+# Bursts keep being read in one wake-up until the socket is empty or this much time
+# has gone. With one burst per wake-up, a loop busy with 640 TFTP transfers (~25 ms an
+# iteration) answered only ~600 DHCP packets a second, and iPXE clients, which
+# retransmit after 1 s, fell into retry storms.
 READ_BUDGET = 0.010
 SO_TIMESTAMP = 29
-# A request that waited this long is answered to no one: its client has retransmitted
-# (PXE ROMs after 4 s, perfdhcp after 1 s). Skipping it after a stall lets the fresh
-# requests through instead of a cascade of late replies. (0.5 s was tried: worse.)
+# A request that waited this long in the receive queue is answered to no one: its
+# client has retransmitted (PXE ROMs after 4 s, perfdhcp after 1 s). Skipping it
+# after a stall lets the fresh requests through instead of a cascade of late replies.
 STALE_AFTER = 2.0
-# Requests read but not handled yet (see bootd/dhcp/backlog.py): a few MB at most.
-BACKLOG_LIMIT = 8192
-# Datagrams read off a socket per drain, between bursts: bounds one drain's time.
-DRAIN_MAX = 256
 _CMSG_SPACE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(16)
 
 
@@ -86,9 +81,6 @@ class DhcpService:
         self._in_burst = False
         self._transmit_scheduled = False
         self._gso = GsoSender()
-        self._backlog = Backlog(STALE_AFTER, BACKLOG_LIMIT)
-        self._work_scheduled = False
-        self._stopping = False
         self._log = RateLimitedLog(log)
         self._set_gauges()
 
@@ -101,7 +93,6 @@ class DhcpService:
             return float(sum(self.leases.free_count(*n.pool) for n in nets if n.pool))
 
         m.dhcp_free_addresses.set_function(free)
-        m.dhcp_backlog.set_function(lambda: float(len(self._backlog)))
 
     def _open(self, port: int) -> socket.socket:
         cfg = self.ctx.config
@@ -162,80 +153,47 @@ class DhcpService:
             raise
 
     def _readable(self, sock: socket.socket, port: int) -> None:
-        self._drain(sock, port)
-        self._work()
-
-    def _work(self) -> None:
-        """Handle the backlog a burst at a time, reading the sockets again between bursts
-        so that a REQUEST arriving meanwhile goes ahead of the DISCOVERs still waiting."""
-        self._work_scheduled = False
-        backlog = self._backlog
         deadline = time.monotonic() + READ_BUDGET
         self._in_burst = True
         try:
-            while backlog and not self._stopping:
-                batch, stale = backlog.take(BURST, time.time())
+            while True:  # at least one burst per wake-up
                 try:
-                    if stale or backlog.evicted:
-                        self._shed(stale)
-                    self._handle_burst(batch)
+                    more = self._read_burst(sock, port)
                 finally:
                     self.handler.flush()  # the store starts on the ACKs' leases first
                     self.handler.send_acks()
                     self._transmit()
-                if time.monotonic() >= deadline:
-                    break
-                for sock, port in self._socks:
-                    self._drain(sock, port)
+                if not more or time.monotonic() >= deadline:
+                    return
         finally:
             self._in_burst = False
-        if backlog and not self._work_scheduled and not self._stopping:
-            # Over budget: let TFTP and HTTP have the loop, then go on.
-            self._work_scheduled = True
-            asyncio.get_running_loop().call_soon(self._work)
 
-    def _handle_burst(self, batch: list[tuple[bytes, tuple[str, int], int, float]]) -> None:
-        handle = self.handler.handle
-        for data, addr, port, _ in batch:
-            try:
-                handle(data, addr, port)
-            except Exception:  # a bug must cost one packet, not the service
-                self.ctx.metrics.malformed.labels("dhcp", "internal-error").inc()
-                log.exception("dhcp: internal error handling a packet from %s", addr[0])
-
-    def _shed(self, stale: int) -> None:
-        """Count (and log, rate-limited) requests dropped unanswered under overload."""
-        m = self.ctx.metrics.dhcp_messages
-        if stale:
-            m.labels("any", "stale").inc(stale)
-            self._log.warning(
-                "dhcp:stale", "dhcp: skipped requests older than %.0fs (overload)", STALE_AFTER
-            )
-        evicted, self._backlog.evicted = self._backlog.evicted, 0
-        if evicted:
-            m.labels("any", "overload").inc(evicted)
-            self._log.warning(
-                "dhcp:backlog",
-                "dhcp: %d requests waiting; dropped the oldest DISCOVERs (overload)",
-                BACKLOG_LIMIT,
-            )
-
-    def _drain(self, sock: socket.socket, port: int) -> None:
-        """Move what the socket holds into the backlog (up to DRAIN_MAX datagrams)."""
-        add = self._backlog.add
-        for _ in range(DRAIN_MAX):
+    def _read_burst(self, sock: socket.socket, port: int) -> bool:
+        """Handle up to BURST datagrams; False once the socket is drained."""
+        for _ in range(BURST):
             try:
                 data, anc, _flags, addr = sock.recvmsg(4096, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:
                 self._log.warning("dhcp:recv", "dhcp: receive failed: %s", exc)
-                return
+                return False
             ifindex, arrived = self._ancillary(anc)
             if self._ifindex is not None and ifindex is not None and ifindex != self._ifindex:
                 self.handler.malformed("wrong-interface", "arrived on another interface", addr)
                 continue
-            add((data, addr, port, arrived if arrived is not None else time.time()))
+            if arrived is not None and time.time() - arrived > STALE_AFTER:
+                self.ctx.metrics.dhcp_messages.labels("any", "stale").inc()
+                self._log.warning(
+                    "dhcp:stale", "dhcp: skipped requests older than %.0fs (overload)", STALE_AFTER
+                )
+                continue
+            try:
+                self.handler.handle(data, addr, port)
+            except Exception:  # a bug must cost one packet, not the service
+                self.ctx.metrics.malformed.labels("dhcp", "internal-error").inc()
+                log.exception("dhcp: internal error handling a packet from %s", addr[0])
+        return True
 
     @staticmethod
     def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
@@ -337,10 +295,8 @@ class DhcpService:
     async def stop(self, grace: float) -> None:
         """Stop reading; let ACKs waiting on the disk go out within `grace`."""
         loop = asyncio.get_running_loop()
-        self._stopping = True
         for sock, _ in self._socks:
             loop.remove_reader(sock.fileno())
-        self._backlog.clear()  # not answered: their clients retry with the next server
         await self.handler.drain(grace)
         self._transmit()  # what drain() released leaves before the sockets close
         for sock, _ in self._socks:
