@@ -21,6 +21,14 @@ LOCAL_FILESYSTEMS = frozenset(
 )  # fmt: skip
 MOUNTINFO = "/proc/self/mountinfo"
 
+# What makes an open file "the same file" to a cache: a rename or rewrite changes it.
+Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+def file_ident(st: os.stat_result) -> Ident:
+    """The identity a cache compares to tell whether a name still names the same content."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 def filesystem_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
     """The filesystem type mounted from device `dev` (an st_dev), per mountinfo; None if unknown."""

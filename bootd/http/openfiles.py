@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bootd.fsinfo import LocalDevices, OutsideRoot, open_regular_inside
+from bootd.fsinfo import Ident, LocalDevices, OutsideRoot, file_ident, open_regular_inside
 from bootd.singleflight import SingleFlight
 
 # Seconds a checked file is served without looking at the path again.
@@ -53,7 +53,7 @@ def open_in_jail(root: Path, rel: str) -> tuple[int, os.stat_result]:
 @dataclass(slots=True)
 class _Kept:
     fd: int
-    ident: tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+    ident: Ident
     checked: float
     local: bool  # on a local filesystem: reopened in the loop, else in the worker thread
 
@@ -128,7 +128,7 @@ class OpenFiles:
         except BaseException:
             self._forget(key)
             raise
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        ident = file_ident(st)
         old = self._kept.get(key)
         if old is not None and old.ident == ident:
             os.close(fd)

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from bootd.fsinfo import LocalDevices, OutsideRoot, open_regular_inside
+from bootd.fsinfo import Ident, LocalDevices, OutsideRoot, file_ident, open_regular_inside
 from bootd.proto.tftp.packets import ErrorCode
 from bootd.singleflight import SingleFlight
 from bootd.tftp.jail import Refused, jailed
@@ -47,8 +47,6 @@ _PACKET_OVERHEAD = 48
 # Per-client generated iPXE scripts, served when no such file exists in the root.
 # Some NIC firmware (Dell E810) fetches autoexec.ipxe and never falls back.
 GENERATED = frozenset({"autoexec.ipxe", "config.ipxe"})
-
-Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
 class Generated:
@@ -101,7 +99,7 @@ class SharedFile:
         return os.pread(self.fd, length, offset)
 
 
-_Opened = tuple[int, os.stat_result, bytes | None] | None  # None: a generated script
+_Opened = tuple[int, Ident, bytes | None] | None  # None: a generated script
 
 
 class FileCache:
@@ -184,8 +182,7 @@ class FileCache:
             g = self._files[key] = Generated(now)
             self._trim()
             return g
-        fd, st, data = opened
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        fd, ident, data = opened
         if isinstance(old, SharedFile) and old.key == ident and not old.evicted:
             os.close(fd)
             old.checked = now
@@ -221,7 +218,7 @@ class FileCache:
             raise Refused(ErrorCode.ACCESS_VIOLATION, exc.strerror or "denied", "denied") from None
         try:
             data = None
-            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            ident = file_ident(st)
             if (
                 ident != known
                 and not self._is_local(st.st_dev)
@@ -233,7 +230,7 @@ class FileCache:
         except BaseException:
             os.close(fd)
             raise
-        return fd, st, data
+        return fd, ident, data
 
     def _trim(self) -> None:
         while len(self._files) > self._max:
