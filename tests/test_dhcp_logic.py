@@ -283,6 +283,40 @@ async def test_ipxe_gets_script_url_not_a_binary(bench: Bench) -> None:
     assert tl is not None and "dhcp-ipxe" in tl.stages
 
 
+async def test_ipxe_offer_tells_it_not_to_wait_for_proxydhcp(bench: Bench) -> None:
+    # iPXE waits 2 s for ProxyDHCP offers after a plain OFFER; 175.176 = 1 skips that.
+    ipxe = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00000:UNDI:002001", Opt.USER_CLASS: b"iPXE"}
+    got = await bench.ask("52:54:00:00:0a:02", MessageType.DISCOVER, options=ipxe)
+    assert got is not None
+    offer = got[0]
+    assert offer.options[Opt.IPXE_ENCAP] == bytes((176, 1, 1))
+    ack = await bench.lease("52:54:00:00:0a:02", options=ipxe)
+    assert ack.options[Opt.IPXE_ENCAP] == bytes((176, 1, 1))
+    # Firmware PXE and Linux get no iPXE options.
+    pxe = await bench.lease(
+        "52:54:00:00:0a:03",
+        options={Opt.VENDOR_CLASS: b"PXEClient:Arch:00000", Opt.CLIENT_ARCH: b"\0\0"},
+    )
+    assert Opt.IPXE_ENCAP not in pxe.options
+    assert Opt.IPXE_ENCAP not in (await bench.lease("52:54:00:00:0a:04")).options
+
+
+async def test_proxy_mode_offer_to_ipxe_is_a_proxydhcp_offer(tmp_path: Path) -> None:
+    # iPXE counts an address-less offer as ProxyDHCP only with option 60 PXEClient.
+    b = Bench(tmp_path, mode="proxy")
+    mac = "52:54:00:00:0a:05"
+    ipxe = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00000:UNDI:002001", Opt.USER_CLASS: b"iPXE"}
+    got = await b.ask(mac, MessageType.DISCOVER, options=ipxe)
+    assert got is not None
+    offer = got[0]
+    assert offer.yiaddr == "0.0.0.0"
+    assert offer.file == f"http://10.0.0.1:8080/boot/v1/bootscript?mac={mac}".encode()
+    assert offer.options[Opt.VENDOR_CLASS] == b"PXEClient"
+    assert offer.options[Opt.SERVER_ID] == bytes((10, 0, 0, 1))
+    assert Opt.IPXE_ENCAP not in offer.options  # it would only apply to an address offer
+    b.db.close()
+
+
 async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> None:
     agent = b"\x01\x04port"
     got = await bench.ask(

@@ -16,6 +16,10 @@ ARCH_HTTP = 16
 # PXE 2.1 §2.4.4: PXE_DISCOVERY_CONTROL (tag 6) bit 3 = boot from the file name
 # in this reply, skip boot-server discovery. Then END (255).
 PXE_VENDOR_OPTIONS = bytes((6, 1, 8, 255))
+# iPXE's encapsulated options (175), no-pxedhcp (176) = 1: this offer already names the
+# boot script, so iPXE requests at once instead of waiting 2 s for ProxyDHCP offers
+# (DHCP_DISC_PROXY_TIMEOUT_SEC in iPXE's config/dhcp.h) and skips the ProxyDHCP step.
+IPXE_NO_PXEDHCP = bytes((176, 1, 1))
 # How long a "file exists under tftp.root" answer is reused: the check is on the
 # per-packet path, and the boot files change only when an operator installs them.
 EXISTS_TTL = 5.0
@@ -78,6 +82,17 @@ class NetbootStage:
             url = bootscript_url(base, ex.mac)
             self._set_file(ex, url.encode(), cfg.address)
             ex.note(f"iPXE client (user-class iPXE or option 175): boot script {url}")
+            if cfg.dhcp.mode == "proxy":
+                # iPXE takes an offer without an address as a ProxyDHCP offer only
+                # when it carries option 60 "PXEClient" (iPXE's dhcp_discovery_rx);
+                # without the echo it would ignore us and boot what the other server
+                # named.
+                if vc.startswith("PXEClient"):
+                    reply.options[Opt.VENDOR_CLASS] = b"PXEClient"
+                    reply.options[Opt.VENDOR_SPECIFIC] = PXE_VENDOR_OPTIONS
+            else:
+                reply.options[Opt.IPXE_ENCAP] = IPXE_NO_PXEDHCP
+                ex.note("option 175.176 no-pxedhcp: iPXE need not wait for ProxyDHCP")
             return
         http_client = vc.startswith("HTTPClient")
         if not (http_client or vc.startswith("PXEClient")):
