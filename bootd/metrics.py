@@ -31,6 +31,12 @@ class Metrics:
             ["type", "result"],
             registry=r,
         )
+        self.ipv6_router_solicitations = Counter(
+            "bootd_ipv6_router_solicitations",
+            "IPv6 router solicitations seen (dhcp.answer_router_solicitations), by result",
+            ["result"],
+            registry=r,
+        )
         self.dhcp_active_leases = Gauge(
             "bootd_dhcp_active_leases", "Leases not expired", registry=r
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -194,6 +195,21 @@ def test_dracut_live_root_boots_through_bootd(run: Run) -> None:
     assert "bootd-initramfs:" not in serial
     assert "bootd-rootfs: running from LiveOS_rootfs / overlay" in serial, run.report("dracut")
     assert f"hostname={NODES['dracut'].hostname}" in serial
+
+
+def test_ipxe_gets_an_answer_to_its_router_solicitations(run: Run) -> None:
+    """iPXE's IPv6 configurator ends on bootd's RA instead of waiting ~14 s for a router."""
+    booted = [fw for fw in ("bios", "uefi") if fw not in run.skipped and run.results[fw] == "ok"]
+    if not booted:
+        pytest.skip("no iPXE machine booted")
+    text = run.bootd.lab.http_get(run.bootd.url + "/metrics")
+    answered = re.search(
+        r'^bootd_ipv6_router_solicitations_total\{result="answered"\} (\S+)$', text, re.M
+    )
+    # One answer at least per machine that ran iPXE (the Linux stage solicits too).
+    assert answered is not None and float(answered.group(1)) >= len(booted), text[-3000:]
+    for fw in booted:
+        assert "Configuring (net0" in run.machines[fw].serial(), run.report(fw)
 
 
 @pytest.mark.parametrize("fw", ["bios", "uefi", "dracut"])

@@ -57,6 +57,8 @@ def lab_config(lab: BridgeLab, artifacts: Artifacts, state: Path) -> dict[str, A
             "pool": f"{lab.host(100)}-{lab.host(200)}",
             "router": lab.address,
             "lease_time": 3600,
+            # The lab has no IPv6 router: without an answer iPXE waits ~14 s for one.
+            "answer_router_solicitations": True,
         },
         "tftp": {"enabled": True, "root": str(artifacts.tftp_root)},
         "http": {"listen": lab.address, "port": HTTP_PORT, "images": str(artifacts.images)},

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bootd.config.cloudinit import CloudInitConfig
 from bootd.config.dhcp import DhcpConfig
@@ -55,6 +55,14 @@ class Config(BaseModel):
             return str(ipaddress.IPv4Address(v))
         except ValueError:
             raise ValueError(f"{v!r} is not an IPv4 address") from None
+
+    @model_validator(mode="after")
+    def _router_solicitations_need_an_interface(self) -> Config:
+        if self.dhcp.enabled and self.dhcp.answer_router_solicitations and not self.interface:
+            raise ValueError(
+                "dhcp.answer_router_solicitations needs `interface`: the answers go out on it"
+            )
+        return self
 
     @property
     def http_base_url(self) -> str:

@@ -108,3 +108,7 @@ class DhcpConfig(SubnetConfig):
     # An address the client DECLINEd stays out of the pool this long.
     decline_quarantine: int = Field(default=3600, ge=0)
     authoritative: bool = True
+    # Answer IPv6 router solicitations on `interface` with a Router Advertisement that
+    # offers nothing (router lifetime 0, no prefixes, no DHCPv6 flags): iPXE then ends
+    # its IPv6 configuration at once instead of waiting ~14 s for a router.
+    answer_router_solicitations: bool = False

@@ -21,6 +21,7 @@ from bootd.context import Context, StartupError
 from bootd.dhcp.address import networks
 from bootd.dhcp.chain import build_stages
 from bootd.dhcp.handler import Destination, DhcpHandler
+from bootd.dhcp.ra import RouterSolicitationResponder
 from bootd.dhcp.rawsend import RawSender
 from bootd.logs import RateLimitedLog
 from bootd.store.leases import LeaseTable
@@ -74,6 +75,7 @@ class DhcpService:
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
         self._raw: RawSender | None = None
+        self._ra: RouterSolicitationResponder | None = None
         # Replies wait here until the end of the burst (or loop turn) that made them, then
         # leave grouped by destination: a storm's OFFERs to the broadcast address or to
         # one relay go out as a few UDP GSO sends instead of one sendto each.
@@ -148,6 +150,10 @@ class DhcpService:
                 sock = self._open(port)
                 self._socks.append((sock, port))
                 loop.add_reader(sock.fileno(), self._readable, sock, port)
+            if cfg.dhcp.answer_router_solicitations:
+                assert cfg.interface is not None  # checked by the config
+                self._ra = RouterSolicitationResponder(cfg.interface, self.ctx.metrics)
+                self._ra.start(loop)
         except BaseException:
             await self.stop(0)
             raise
@@ -281,12 +287,15 @@ class DhcpService:
     def listening(self) -> list[str]:
         """Bound ports and interface."""
         where = self.ctx.config.interface or "all interfaces"
-        return [f"udp/{port} on {where} ({self.ctx.config.dhcp.mode})" for _, port in self._socks]
+        out = [f"udp/{port} on {where} ({self.ctx.config.dhcp.mode})" for _, port in self._socks]
+        if self._ra is not None:
+            out.append(f"icmpv6 router solicitations on {self._ra.interface}")
+        return out
 
     def reload(self, config: Config) -> None:
         """Stages read ctx.config per packet; sockets and the stage list stay as started."""
         old = self._started_config
-        for key in ("mode", "port", "proxy_port", "rcvbuf"):
+        for key in ("mode", "port", "proxy_port", "rcvbuf", "answer_router_solicitations"):
             if getattr(config.dhcp, key) != getattr(old.dhcp, key):
                 log.warning("reload: dhcp.%s changed; it takes effect only after a restart", key)
         if config.interface != old.interface:
@@ -305,3 +314,6 @@ class DhcpService:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
+        if self._ra is not None:
+            self._ra.close()
+            self._ra = None
