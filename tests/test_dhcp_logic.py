@@ -314,6 +314,10 @@ async def test_proxy_mode_offer_to_ipxe_is_a_proxydhcp_offer(tmp_path: Path) -> 
     assert offer.options[Opt.VENDOR_CLASS] == b"PXEClient"
     assert offer.options[Opt.SERVER_ID] == bytes((10, 0, 0, 1))
     assert Opt.IPXE_ENCAP not in offer.options  # it would only apply to an address offer
+    # The site's server sends the ACK; bootd's part of the stage ends with its offer.
+    tl = b.ctx.timeline.get(mac)
+    assert tl is not None and tl.stages["dhcp-ipxe"].end is not None
+    assert tl.stages["dhcp-ipxe"].detail == "proxy"
     b.db.close()
 
 

@@ -23,11 +23,10 @@ from bench.lab.lab import BridgeLab, checkout_prefix
 from bench.lab.qemu import (
     OVMF_CODE,
     QEMU,
-    Accel,
     Firmware,
     Machine,
     MachineSpec,
-    probe_accel,
+    chosen_accel,
     wait_all,
 )
 
@@ -102,13 +101,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         if essential:
             pytest.skip("bootd lacks what an end-to-end boot needs: " + "; ".join(essential))
         bootd.load_nodes(list(NODES.values()))
-        accel: Accel
-        forced = os.environ.get("BOOTD_E2E_ACCEL")
-        if forced in ("kvm", "tcg"):
-            accel = "kvm" if forced == "kvm" else "tcg"
-        else:
-            accel, why = probe_accel(artifacts.kernel, artifacts.initrd)
-            print(f"accelerator: {accel} ({why})")
+        accel, why = chosen_accel(artifacts.kernel, artifacts.initrd)
+        print(f"accelerator: {accel} ({why})")
         skipped: dict[str, str] = {}
         if any("TFTP" in m for m in missing):
             skipped["uefi"] = (

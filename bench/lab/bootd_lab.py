@@ -87,6 +87,8 @@ class LabBootd:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     cfg: dict[str, Any] = field(default_factory=dict)
+    # Merged over the lab's `dhcp:` section (e.g. {"mode": "proxy"}).
+    dhcp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -103,6 +105,7 @@ class LabBootd:
         """Write the config, start bootd in the namespace, wait for /healthz."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = lab_config(self.lab, self.artifacts, self.workdir)
+        self.cfg["dhcp"].update(self.dhcp)
         config = self.workdir / "bootd.yaml"
         config.write_text(yaml.safe_dump(self.cfg))
         with open(self.log_path, "wb") as log:

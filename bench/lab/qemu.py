@@ -199,6 +199,14 @@ def kvm_usable() -> str | None:
     return None
 
 
+def chosen_accel(kernel: Path, initrd: Path) -> tuple[Accel, str]:
+    """BOOTD_E2E_ACCEL (kvm or tcg) when set, else what `probe_accel` finds."""
+    forced = os.environ.get("BOOTD_E2E_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return ("kvm" if forced == "kvm" else "tcg"), "BOOTD_E2E_ACCEL"
+    return probe_accel(kernel, initrd)
+
+
 def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[Accel, str]:
     """'kvm' if a short KVM boot of kernel+initrd powers off in time, else 'tcg', and why."""
     reason = kvm_usable()

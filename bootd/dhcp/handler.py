@@ -162,6 +162,10 @@ class DhcpHandler:
             if ex.reply_type == MessageType.ACK and mt == MessageType.INFORM:
                 self._event(ex.mac, ex.phase, "event", now, "inform")
             self._timeline_start(ex, mt)
+            if self.ctx.config.dhcp.mode == "proxy":
+                # The site's server leases the address; our part of the stage, the
+                # boot information, is done once it is sent.
+                self._event(ex.mac, ex.phase, "end", now, "proxy")
             return
         if self._in_flight >= MAX_PENDING_COMMITS:
             self._count(mtype, "overload")
