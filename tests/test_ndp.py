@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr
 from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab, can_netns, sh
 from bootd.config import ConfigError, parse_config
+from bootd.dhcp.ra import ipv6_disabled
 from bootd.proto.ndp import (
     NdpDecodeError,
     RouterSolicitation,
@@ -98,6 +100,16 @@ def test_config_needs_an_interface() -> None:
     cfg = parse_config({"interface": "br0", "dhcp": {"answer_router_solicitations": True}})
     assert cfg.dhcp.answer_router_solicitations
     assert not parse_config({}).dhcp.answer_router_solicitations
+
+
+def test_ipv6_disabled_reads_the_sysctl(tmp_path: Path) -> None:
+    (tmp_path / "br0").mkdir()
+    (tmp_path / "br0" / "disable_ipv6").write_text("1\n")
+    (tmp_path / "eth0").mkdir()
+    (tmp_path / "eth0" / "disable_ipv6").write_text("0\n")
+    assert ipv6_disabled("br0", tmp_path) and not ipv6_disabled("eth0", tmp_path)
+    assert not ipv6_disabled("gone", tmp_path)  # no such interface: the socket setup says so
+    assert ipv6_disabled("br0", tmp_path / "no-ipv6-at-all")
 
 
 # Sends an ICMPv6 message `count` times from `source` in the client namespace, then prints every

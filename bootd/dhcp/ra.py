@@ -66,6 +66,14 @@ def _interface_mac(interface: str) -> bytes | None:
     return mac if len(mac) == 6 and any(mac) else None
 
 
+def ipv6_disabled(interface: str, proc: Path = Path("/proc/sys/net/ipv6/conf")) -> bool:
+    """The interface has IPv6 turned off (its sysctl says so, or IPv6 is not there at all)."""
+    try:
+        return (proc / interface / "disable_ipv6").read_text().strip() == "1"
+    except OSError:
+        return not proc.exists()
+
+
 class RouterSolicitationResponder:
     """A raw ICMPv6 socket on one interface that answers each solicitation with `router_advertisement`."""
 
@@ -119,6 +127,13 @@ class RouterSolicitationResponder:
             "dhcp: answering IPv6 router solicitations on %s (router lifetime 0, no prefixes)",
             iface,
         )
+        if ipv6_disabled(iface):
+            log.warning(
+                "dhcp: IPv6 is disabled on %s (net.ipv6.conf.%s.disable_ipv6): no router "
+                "solicitation will reach bootd, and iPXE will wait for a router",
+                iface,
+                iface,
+            )
 
     def _count(self, result: str) -> None:
         self._metrics.ipv6_router_solicitations.labels(result=result).inc()
