@@ -130,3 +130,23 @@ class BootdProcess:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+def qemu_boot_artifacts(dracut: bool = False) -> Any:
+    """The lab's boot artifacts for a QEMU test, or a skip saying what this machine lacks."""
+    import shutil
+
+    import pytest
+
+    from bench.lab.artifacts import ArtifactError, build_all
+    from bench.lab.qemu import OVMF_CODE, QEMU
+
+    for need in (QEMU, "dnsmasq", "curl"):
+        if shutil.which(need) is None:
+            pytest.skip(f"{need} not installed (make apt-deps)")
+    if not OVMF_CODE.exists():
+        pytest.skip(f"{OVMF_CODE} missing (apt-get install ovmf)")
+    try:
+        return build_all(dracut=dracut)
+    except ArtifactError as exc:
+        pytest.skip(f"boot artifacts: {exc}")

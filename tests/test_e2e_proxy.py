@@ -10,7 +10,6 @@ offer (it does only with option 60 PXEClient), and OVMF's own PXE client must lo
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from bench.lab.artifacts import ArtifactError, Artifacts, build_all
+from bench.lab.artifacts import Artifacts
 from bench.lab.bootd_lab import LabBootd, LabNode
 from bench.lab.lab import BridgeLab, checkout_prefix, sh
-from bench.lab.qemu import OVMF_CODE, QEMU, Machine, MachineSpec, chosen_accel, wait_all
+from bench.lab.qemu import Machine, MachineSpec, chosen_accel, wait_all
+from tests.helpers import qemu_boot_artifacts
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu, pytest.mark.slow]
 
@@ -56,15 +56,7 @@ class ProxyRun:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyRun]:
-    for need in (QEMU, "dnsmasq", "curl"):
-        if shutil.which(need) is None:
-            pytest.skip(f"{need} not installed (make apt-deps)")
-    if not OVMF_CODE.exists():
-        pytest.skip(f"{OVMF_CODE} missing (apt-get install ovmf)")
-    try:
-        artifacts: Artifacts = build_all()
-    except ArtifactError as exc:
-        pytest.skip(f"boot artifacts: {exc}")
+    artifacts: Artifacts = qemu_boot_artifacts()
     work = tmp_path_factory.mktemp("proxy")
     lab = BridgeLab(checkout_prefix("bpx"), taps=len(NODES), clients=True).up()
     site: subprocess.Popen[bytes] | None = None

@@ -10,25 +10,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from bench.lab.artifacts import ArtifactError, Artifacts, build_all
+from bench.lab.artifacts import Artifacts
 from bench.lab.bootd_lab import LabBootd, LabNode
 from bench.lab.lab import BridgeLab, checkout_prefix
 from bench.lab.qemu import (
-    OVMF_CODE,
-    QEMU,
     Firmware,
     Machine,
     MachineSpec,
     chosen_accel,
     wait_all,
 )
+from tests.helpers import qemu_boot_artifacts
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu, pytest.mark.slow]
 
@@ -81,15 +79,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Lab + bootd + both machines booted once for the whole module."""
-    for need in (QEMU, "dnsmasq", "curl"):
-        if shutil.which(need) is None:
-            pytest.skip(f"{need} not installed (make apt-deps)")
-    if not OVMF_CODE.exists():
-        pytest.skip(f"{OVMF_CODE} missing (apt-get install ovmf)")
-    try:
-        artifacts = build_all(dracut=DRACUT)
-    except ArtifactError as exc:
-        pytest.skip(f"boot artifacts: {exc}")
+    artifacts: Artifacts = qemu_boot_artifacts(dracut=DRACUT)
     work = tmp_path_factory.mktemp("e2e")
     lab = BridgeLab(checkout_prefix("blab"), taps=len(NODES)).up()
     bootd = LabBootd(lab, artifacts, work)
