@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr
 from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab, can_netns, sh
 from bootd.config import ConfigError, parse_config
-from bootd.dhcp.ra import ipv6_disabled
+from bootd.dhcp.ra import (
+    ANSWER_BURST,
+    ANSWER_RATE,
+    IPV6_HOPLIMIT,
+    MAX_SENDERS,
+    RouterSolicitationResponder,
+    ipv6_disabled,
+)
+from bootd.metrics import Metrics
 from bootd.proto.ndp import (
     NdpDecodeError,
     RouterSolicitation,
@@ -110,6 +119,79 @@ def test_ipv6_disabled_reads_the_sysctl(tmp_path: Path) -> None:
     assert ipv6_disabled("br0", tmp_path) and not ipv6_disabled("eth0", tmp_path)
     assert not ipv6_disabled("gone", tmp_path)  # no such interface: the socket setup says so
     assert ipv6_disabled("br0", tmp_path / "no-ipv6-at-all")
+
+
+class _FakeSocket:
+    def __init__(self, fail: OSError | None = None) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int, int, int]]] = []
+        self.fail = fail
+
+    def sendto(self, data: bytes, addr: tuple[str, int, int, int]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((data, addr))
+
+
+def _responder(sock: _FakeSocket) -> tuple[RouterSolicitationResponder, Metrics, list[float]]:
+    metrics = Metrics()
+    r = RouterSolicitationResponder("lab0", metrics)
+    clock = [100.0]
+    r._clock = lambda: clock[0]
+    r._refilled = clock[0]
+    r._sock = sock  # type: ignore[assignment]
+    r._ifindex = 7
+    r._ra = router_advertisement(MAC)
+    return r, metrics, clock
+
+
+def _results(metrics: Metrics) -> dict[str, float]:
+    out = {}
+    for fam in metrics.registry.collect():
+        if fam.name == "bootd_ipv6_router_solicitations":
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    out[smp.labels["result"]] = smp.value
+    return out
+
+
+HOPS_255 = [(41, IPV6_HOPLIMIT, (255).to_bytes(4, sys.byteorder))]
+
+
+def test_responder_rules_without_sockets() -> None:
+    sock = _FakeSocket()
+    r, metrics, clock = _responder(sock)
+    r._solicitation(rs(), HOPS_255, "fe80::1%lab0")
+    assert sock.sent == [(router_advertisement(MAC), ("fe80::1", 0, 0, 7))]
+    r._solicitation(rs(), HOPS_255, "fe80::1%lab0")  # again within a second
+    clock[0] += 1.5
+    r._solicitation(rs(), HOPS_255, "fe80::1%lab0")  # a second later: answered again
+    r._solicitation(rs(), HOPS_255, "::")  # no address yet: only all-nodes could hear it
+    r._solicitation(rs(), HOPS_255, "2001:db8::1")
+    r._solicitation(rs(), [(41, IPV6_HOPLIMIT, (64).to_bytes(4, sys.byteorder))], "fe80::2")
+    r._solicitation(rs(), [], "fe80::2")  # no hop limit told: not trusted
+    r._solicitation(rs(b"\x01\x00"), HOPS_255, "fe80::2")
+    assert len(sock.sent) == 2
+    assert _results(metrics) == {
+        "answered": 2, "repeated": 1, "not-link-local": 2, "bad-hop-limit": 2, "malformed": 1,
+    }  # fmt: skip
+
+
+def test_responder_caps_its_answers_and_survives_send_errors() -> None:
+    sock = _FakeSocket()
+    r, metrics, clock = _responder(sock)
+    for i in range(int(ANSWER_BURST) + 10):  # a flood from as many forged senders
+        r._solicitation(rs(), HOPS_255, f"fe80::{i + 1:x}")
+    assert len(sock.sent) == ANSWER_BURST
+    assert _results(metrics)["rate-limited"] == 10
+    clock[0] += 0.01  # refills at ANSWER_RATE a second
+    for i in range(20):
+        r._solicitation(rs(), HOPS_255, f"fe80::1:{i + 1:x}")
+    assert len(sock.sent) == ANSWER_BURST + int(0.01 * ANSWER_RATE)
+    assert len(r._answered) <= MAX_SENDERS
+    r._sock = _FakeSocket(OSError(101, "Network is unreachable"))  # type: ignore[assignment]
+    clock[0] += 5
+    r._solicitation(rs(), HOPS_255, "fe80::99")
+    assert _results(metrics)["send-error"] == 1
 
 
 # Sends an ICMPv6 message `count` times from `source` in the client namespace, then prints every

@@ -46,6 +46,10 @@ IPV6_HOPLIMIT = 52
 REPEAT_AFTER = 1.0
 # Senders remembered for REPEAT_AFTER; beyond this the oldest are forgotten.
 MAX_SENDERS = 4096
+# Answers a second in all, with a burst for a whole rack powered on at once: many
+# senders (or forged source addresses) cannot make us send more than this.
+ANSWER_RATE = 1000.0
+ANSWER_BURST = 1024.0
 _READ_BATCH = 64
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 
@@ -84,6 +88,9 @@ class RouterSolicitationResponder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ifindex = 0
         self._answered: dict[str, float] = {}
+        self._clock = time.monotonic
+        self._tokens = ANSWER_BURST
+        self._refilled = self._clock()
         self._ra = b""
         self._log = RateLimitedLog(log)
 
@@ -177,11 +184,17 @@ class RouterSolicitationResponder:
             # all nodes; we answer only whoever asked.
             self._count("not-link-local")
             return
-        now = time.monotonic()
+        now = self._clock()
         last = self._answered.get(host)
         if last is not None and now - last < REPEAT_AFTER:
             self._count("repeated")
             return
+        self._tokens = min(ANSWER_BURST, self._tokens + (now - self._refilled) * ANSWER_RATE)
+        self._refilled = now
+        if self._tokens < 1:
+            self._count("rate-limited")
+            return
+        self._tokens -= 1
         if len(self._answered) >= MAX_SENDERS and host not in self._answered:
             self._answered.pop(next(iter(self._answered)))
         self._answered.pop(host, None)
