@@ -10,7 +10,7 @@ wait and configures nothing (see `bootd.proto.ndp`).
 
 Only solicitations from a link-local address are answered, by unicast to that
 address, so hosts that did not ask never see our RA; one sender gets at most one
-answer a second. Off by default (`dhcp.answer_router_solicitations`): a network
+answer a second, and all of them together 1,000 a second. Off by default (`dhcp.answer_router_solicitations`): a network
 with a real IPv6 router does not need it, and RA guard on a switch may drop it.
 """
 
