@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -17,6 +21,7 @@ from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr
 from bench.lab.lab import checkout_prefix
 from bench.lab.netns import VethLab, can_netns, sh
 from bootd.config import ConfigError, parse_config
+from bootd.context import StartupError
 from bootd.dhcp.ra import (
     ANSWER_BURST,
     ANSWER_RATE,
@@ -194,6 +199,27 @@ def test_responder_caps_its_answers_and_survives_send_errors() -> None:
     assert _results(metrics)["send-error"] == 1
 
 
+@pytest.mark.parametrize(
+    ("err", "says"),
+    [
+        (errno.EPERM, "run as root or with CAP_NET_RAW"),
+        (errno.EAFNOSUPPORT, "RestrictAddressFamilies without AF_INET6"),
+        (errno.EMFILE, "no ICMPv6 socket for router solicitations"),
+    ],
+)
+def test_no_socket_is_one_clear_startup_error(
+    monkeypatch: pytest.MonkeyPatch, err: int, says: str
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(socket, "if_nametoindex", lambda name: 3)
+    monkeypatch.setattr(socket, "socket", refuse)
+    r = RouterSolicitationResponder("lab0", Metrics())
+    with pytest.raises(StartupError, match=says):
+        r.start(cast(asyncio.AbstractEventLoop, None))  # fails before it needs a loop
+
+
 # Sends an ICMPv6 message `count` times from `source` in the client namespace, then prints every
 # Router Advertisement that arrives within `wait` seconds (source, hop limit, bytes).
 SOLICIT = r"""
@@ -241,6 +267,10 @@ def ra_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VethLab, 
     lab = VethLab(checkout_prefix("bra")).up()
     try:
         server_ll = _wait_link_local(lab.srv, lab.srv_if)
+        # The client's kernel solicits too (at link-up, then every 4 s, 3 times): keep it
+        # quiet so that bootd's counters move only for the test's own solicitations.
+        sh("ip", "netns", "exec", lab.cli, "sysctl", "-qw",
+           f"net.ipv6.conf.{lab.cli_if}.router_solicitations=0")  # fmt: skip
         _wait_link_local(lab.cli, lab.cli_if)
         bootd = LabBootd(tmp, lab, dhcp_config(tmp, lab, answer_router_solicitations=True))
         try:
@@ -258,7 +288,7 @@ def _solicit(
     # A source of our own (not the kernel's link-local, whose RS at link-up bootd
     # answers too): the repeat rule is per source.
     sh("ip", "-n", lab.cli, "addr", "replace", f"{source}/64", "dev", lab.cli_if, "nodad")
-    argv = [lab.cli_if, source, str(hops), payload.hex(), "1.0", str(count)]
+    argv = [lab.cli_if, source, str(hops), payload.hex(), "2.0", str(count)]
     out = sh(*lab.in_cli("python3", "-c", SOLICIT, *argv)).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 

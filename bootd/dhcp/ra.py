@@ -109,6 +109,12 @@ class RouterSolicitationResponder:
                     "dhcp.answer_router_solicitations needs a raw ICMPv6 socket: "
                     "run as root or with CAP_NET_RAW"
                 ) from None
+            if exc.errno == errno.EAFNOSUPPORT:
+                raise StartupError(
+                    "dhcp.answer_router_solicitations needs IPv6 sockets, and this process "
+                    "may not open them (no IPv6 in the kernel, or a sandbox such as "
+                    "systemd's RestrictAddressFamilies without AF_INET6)"
+                ) from None
             raise StartupError(f"dhcp: no ICMPv6 socket for router solicitations: {exc}") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode() + b"\0")
