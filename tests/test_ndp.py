@@ -37,6 +37,7 @@ from bootd.proto.ndp import (
     decode_router_solicitation,
     router_advertisement,
 )
+from bootd.ratelimit import TokenBucket
 from tests.dhcp_lab import LabBootd, dhcp_config
 
 MAC = bytes.fromhex("525400de0001")
@@ -142,7 +143,7 @@ def _responder(sock: _FakeSocket) -> tuple[RouterSolicitationResponder, Metrics,
     r = RouterSolicitationResponder("lab0", metrics)
     clock = [100.0]
     r._clock = lambda: clock[0]
-    r._refilled = clock[0]
+    r._bucket = TokenBucket(ANSWER_RATE, ANSWER_BURST, clock[0])
     r._sock = sock  # type: ignore[assignment]
     r._ifindex = 7
     r._ra = router_advertisement(MAC)

@@ -16,6 +16,7 @@ from bootd.dhcp.address import client_state
 from bootd.dhcp.exchange import ZERO, Exchange, Stage, run_stages
 from bootd.logs import RateLimitedLog
 from bootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode
+from bootd.ratelimit import TokenBucket
 from bootd.store.leases import Lease, LeaseTable
 
 log = logging.getLogger("bootd.dhcp")
@@ -93,8 +94,7 @@ class DhcpHandler:
         self._in_flight = 0
         # Durable ACKs waiting for a token, oldest first.
         self._outbox: deque[tuple[bytes, Destination]] = deque()
-        self._tokens = float(ACK_BURST)
-        self._tokens_at = 0.0
+        self._bucket = TokenBucket(ACK_RATE, ACK_BURST)
         self._pacer: asyncio.TimerHandle | None = None
         # The socket adapter turns this off and calls flush() itself after each burst,
         # saving an event-loop iteration per wake-up.
@@ -236,17 +236,13 @@ class DhcpHandler:
         outbox = self._outbox
         if not outbox:
             return
-        now = time.monotonic()
-        tokens = min(float(ACK_BURST), self._tokens + (now - self._tokens_at) * ACK_RATE)
-        self._tokens_at = now
-        n = min(int(tokens), len(outbox))
+        n = self._bucket.take(time.monotonic(), len(outbox))
         send = self.send
         for _ in range(n):
             send(*outbox.popleft())
-        self._tokens = tokens - n
         if outbox and self._pacer is None:
-            wait = (ACK_BURST / 2 - self._tokens) / ACK_RATE
-            self._pacer = asyncio.get_running_loop().call_later(max(0.0, wait), self._paced)
+            wait = self._bucket.seconds_until(ACK_BURST / 2)
+            self._pacer = asyncio.get_running_loop().call_later(wait, self._paced)
 
     def _paced(self) -> None:
         self._pacer = None

@@ -35,6 +35,7 @@ from bootd.proto.ndp import (
     decode_router_solicitation,
     router_advertisement,
 )
+from bootd.ratelimit import TokenBucket
 
 log = logging.getLogger("bootd.dhcp")
 
@@ -89,8 +90,7 @@ class RouterSolicitationResponder:
         self._ifindex = 0
         self._answered: dict[str, float] = {}
         self._clock = time.monotonic
-        self._tokens = ANSWER_BURST
-        self._refilled = self._clock()
+        self._bucket = TokenBucket(ANSWER_RATE, ANSWER_BURST, self._clock())
         self._ra = b""
         self._log = RateLimitedLog(log)
 
@@ -195,12 +195,9 @@ class RouterSolicitationResponder:
         if last is not None and now - last < REPEAT_AFTER:
             self._count("repeated")
             return
-        self._tokens = min(ANSWER_BURST, self._tokens + (now - self._refilled) * ANSWER_RATE)
-        self._refilled = now
-        if self._tokens < 1:
+        if not self._bucket.take(now):
             self._count("rate-limited")
             return
-        self._tokens -= 1
         if len(self._answered) >= MAX_SENDERS and host not in self._answered:
             self._answered.pop(next(iter(self._answered)))
         self._answered.pop(host, None)
