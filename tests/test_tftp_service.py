@@ -168,6 +168,34 @@ async def test_garbage_and_oversized_are_counted(tftpd: Daemon) -> None:
     assert (await fetch(addr(tftpd), "ipxe.efi")).ok
 
 
+async def test_bad_datagrams_on_the_tid_are_counted_and_the_transfer_goes_on(
+    tftpd: Daemon, root: Path
+) -> None:
+    # The TID socket reads every datagram into one scratch buffer and takes ACKs
+    # straight from it; anything else must still be copied out, checked and counted.
+    with udp() as s:
+        s.sendto(rrq("sub/exact.bin", "octet", {}), addr(tftpd))
+        pkt, tid = await recv(s)
+        assert decode(pkt) == Data(1, (root / "sub" / "exact.bin").read_bytes()[:512])
+        s.sendto(b"\x00\x04\x00" + b"A" * 2000, tid)  # oversized (and longer than the buffer)
+        s.sendto(b"\x00\x04\x00", tid)  # an ACK cut short
+        with pytest.raises(TimeoutError):
+            await recv(s, timeout=0.3)
+        block = 1
+        while True:
+            s.sendto(encode_ack(block), tid)
+            data = decode((await recv(s))[0])
+            assert isinstance(data, Data) and data.block == block + 1
+            block += 1
+            if len(data.payload) < 512:
+                s.sendto(encode_ack(block), tid)
+                break
+    assert sample(tftpd, "bootd_malformed_input_total", protocol="tftp", reason="oversized") == 1
+    assert sample(tftpd, "bootd_malformed_input_total", protocol="tftp", reason="truncated") == 1
+    await asyncio.sleep(0.1)
+    assert sample(tftpd, "bootd_tftp_transfers_total", result="ok") == 1
+
+
 async def test_unknown_tid_gets_error_5_and_transfer_goes_on(tftpd: Daemon, root: Path) -> None:
     with udp() as s, udp() as stranger:
         s.sendto(rrq("sub/exact.bin", "octet", {}), addr(tftpd))

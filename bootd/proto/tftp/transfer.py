@@ -171,7 +171,7 @@ class ReadTransfer:
         """A datagram from the peer's TID; raises TftpDecodeError if it is garbage."""
         # Fast path for the common case: a well-formed ACK mid-transfer.
         if len(datagram) == 4 and datagram[1] == 4 and datagram[0] == 0 and self.phase is _DATA:
-            return self._on_data_ack(datagram[2] << 8 | datagram[3], now)
+            return self.ack(datagram[2] << 8 | datagram[3], now)
         if self.phase is Phase.DONE:
             return []
         pkt = decode(datagram)
@@ -189,7 +189,7 @@ class ReadTransfer:
 
     def _on_ack(self, wire_block: int, now: float) -> list[bytes]:
         if self.phase is not Phase.OACK:
-            return self._on_data_ack(wire_block, now)
+            return self.ack(wire_block, now)
         if wire_block != 0:
             return []
         self.phase = Phase.DATA
@@ -198,7 +198,9 @@ class ReadTransfer:
         self.deadline = now + self._rto_base
         return self._send_window(1, now)
 
-    def _on_data_ack(self, wire_block: int, now: float) -> list[bytes]:
+    def ack(self, wire_block: int, now: float) -> list[bytes]:
+        """ACK of `wire_block` while in the DATA phase: what `receive` does with a
+        well-formed ACK, for an adapter that has already checked the 4 bytes."""
         # Map the 16-bit block number onto the unbounded index, forward from the last
         # ACK: rollover past 65535 then needs no special case.
         acked = self._acked
