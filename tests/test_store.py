@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import pytest
 
 from bootd.boot.node import Node, node_from_dict, normalize_mac
 from bootd.store import db as db_module
+from bootd.store import writer as writer_module
 from bootd.store.db import Database, Migration, StoreError
+from bootd.store.jobs import frame
 from bootd.store.nodes import SCHEMA as NODES
 from bootd.store.nodes import NodeInventory
 from bootd.timeline.recorder import SCHEMA as TIMELINE
@@ -58,6 +62,34 @@ async def test_background_writes_linger_and_an_awaited_write_ends_the_wait(db: D
     await db.write(barrier)  # commits everything queued before it
     assert db.read("SELECT COUNT(*) FROM t")[0][0] == 20
     assert db.commits - before < 20
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_awaited_writes_wait_for_company_only_while_writes_stream_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: bool
+) -> None:
+    """Group commit: right after a commit an awaited batch waits GROUP_WAIT for more
+    jobs; after a quiet spell it commits at once."""
+    monkeypatch.setattr(writer_module, "GROUP_WAIT", 1.0)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        w = writer_module.Writer(theirs, tmp_path / "w.sqlite3")
+        if busy:
+            w.last_commit = time.monotonic()
+        ours.sendall(frame([(1, insert_row, (1, "a"))]))
+        later = threading.Timer(0.2, ours.sendall, (frame([(2, insert_row, (2, "b"))]),))
+        later.start()
+        t0 = time.monotonic()
+        batch = w._take()
+        waited = time.monotonic() - t0
+        later.join()
+        w.conn.close()
+    if busy:
+        assert [job for job, _, _ in batch] == [1, 2]
+        assert 0.2 <= waited < 2.0  # the batch gathers for GROUP_WAIT, then commits
+    else:
+        assert [job for job, _, _ in batch] == [1]
+        assert waited < 0.2
 
 
 async def test_one_failing_write_does_not_sink_the_batch(db: Database) -> None:

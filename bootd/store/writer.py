@@ -29,6 +29,17 @@ log = logging.getLogger("bootd.store")
 
 # How many queued writes one transaction takes at most; bounds commit latency.
 MAX_BATCH = 4096
+# Group commit under load, as PostgreSQL's commit_delay: when the last commit ended
+# less than BUSY seconds ago, writes are streaming in, and a batch somebody awaits
+# waits up to GROUP_WAIT for company before it commits. A commit costs this process
+# ~290 us of CPU besides ~23 us a lease (WAL frames, checksums, the fsync call), and
+# with the daemon pinned to one core that is the daemon's CPU too. Sustained DHCP at
+# 4,000 leases a second, pinned: 2,175-2,216 commits for 20,000 leases without the
+# wait, 760-773 with it; the writer's CPU 1.35-1.45 s -> 0.99-1.11 s, the daemon's
+# 4.80-4.87 -> 4.48-4.52 s (fewer replies to wake it). The 640-client avalanche kept
+# its 0.22 s and 0 resends. A write after a quiet spell still commits at once.
+BUSY = 0.020
+GROUP_WAIT = 0.004
 
 
 class Writer:
@@ -42,6 +53,7 @@ class Writer:
         self.eof = False
         self.commits = 0
         self.writes = 0
+        self.last_commit = float("-inf")  # monotonic end of the last commit
 
     def _read(self, timeout: float | None) -> None:
         """Wait up to timeout (None: forever) for data; take every complete frame."""
@@ -74,6 +86,7 @@ class Writer:
                 continue
             batch = self._take()
             ok, results = commit_batch(self.conn, batch)
+            self.last_commit = time.monotonic()
             if ok:
                 self.commits += 1
                 self.writes += len(batch)
@@ -83,10 +96,18 @@ class Writer:
         batch: list[Job] = []
         awaited = False
         linger_until: float | None = None
+        group_until: float | None = None
         while len(batch) < MAX_BATCH:
             if not self.jobs:
                 self._read(0)  # whatever else has arrived joins this batch
             if not self.jobs:
+                if awaited and not self.eof:
+                    now = time.monotonic()
+                    if group_until is None and now - self.last_commit < BUSY:
+                        group_until = now + GROUP_WAIT  # writes are streaming in
+                    if group_until is not None and now < group_until:
+                        self._read(group_until - now)
+                        continue
                 if self.eof or awaited:
                     break  # someone awaits this batch: commit at once
                 # Only background rows so far (timeline events, releases): gather a
