@@ -12,18 +12,18 @@ from bootd.store.leases import Lease
 ZERO = "0.0.0.0"
 
 
+# Option 53 of each reply type, encoded once.
+_MESSAGE_TYPE = {m: bytes((m,)) for m in MessageType}
+
+
 def base_reply(req: DhcpPacket, msg: MessageType) -> DhcpPacket:
     """A BOOTREPLY echoing what RFC 2131 Table 3 says to echo."""
+    # Positional, in field order (op htype hlen hops xid secs flags ciaddr yiaddr siaddr
+    # giaddr chaddr sname file options): one per reply, and keywords cost ~1.5 us more.
     return DhcpPacket(
-        op=BOOTREPLY,
-        htype=req.htype,
-        hlen=req.hlen,
-        xid=req.xid,
-        flags=req.flags,
-        giaddr=req.giaddr,
-        chaddr=req.chaddr,
-        options={Opt.MESSAGE_TYPE: bytes((msg,))},
-    )
+        BOOTREPLY, req.htype, req.hlen, 0, req.xid, 0, req.flags, ZERO, ZERO, ZERO,
+        req.giaddr, req.chaddr, b"", b"", {Opt.MESSAGE_TYPE: _MESSAGE_TYPE[msg]},
+    )  # fmt: skip
 
 
 @dataclass(slots=True)

