@@ -120,7 +120,7 @@ def encode_options(options: dict[int, bytes]) -> bytearray:
             out += byte[code]
             out += byte[len(value)]
             out += value
-    except IndexError:  # a value over 255 bytes (or a code that is none)
+    except IndexError:  # a value over 255 bytes (or a code over 255: ValueError below)
         out = bytearray(b"".join([_instances(c, v) for c, v in options.items()]))
     out.append(_END)
     return out
