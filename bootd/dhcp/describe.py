@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
-from bootd.proto.dhcp.options import ip_str
+from bootd.proto.dhcp.options import OPTION_NAMES, ip_str
 
 _IP_LISTS = {Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.BROADCAST, Opt.SERVER_ID, Opt.REQUESTED_IP}
 _SECONDS = {Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME}
@@ -29,10 +29,8 @@ def option_value(code: int, value: bytes) -> object:
 
 def option_name(code: int) -> str:
     """'3 router' style label."""
-    try:
-        return f"{code} {Opt(code).name.lower().replace('_', '-')}"
-    except ValueError:
-        return str(code)
+    name = OPTION_NAMES.get(code)
+    return str(code) if name is None else f"{code} {name.lower().replace('_', '-')}"
 
 
 def describe(reply: DhcpPacket) -> dict[str, object]:

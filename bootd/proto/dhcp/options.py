@@ -26,8 +26,13 @@ class MessageType(IntEnum):
     INFORM = 8
 
 
-class Opt(IntEnum):
-    """Option codes bootd reads or writes (RFC 2132, RFC 4578, RFC 3004, RFC 3046)."""
+class Opt:
+    """Option codes bootd reads or writes (RFC 2132, RFC 4578, RFC 3004, RFC 3046).
+
+    Plain int constants, not an IntEnum: they are read dozens of times per packet,
+    and on Python 3.11 an enum member costs ~100 ns to look up against ~23 ns for a
+    class attribute. `OPTION_NAMES` maps a code back to its name.
+    """
 
     PAD = 0
     SUBNET_MASK = 1
@@ -58,6 +63,11 @@ class Opt(IntEnum):
     UUID_GUID = 97
     IPXE_ENCAP = 175
     END = 255
+
+
+OPTION_NAMES: dict[int, str] = {
+    v: k for k, v in vars(Opt).items() if k.isupper() and isinstance(v, int)
+}
 
 
 # Options 0 and 255 have no length byte (RFC 2132 §3.1, §3.2).
