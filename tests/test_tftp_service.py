@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
@@ -16,7 +17,12 @@ from bench.tftp.client import fetch, rrq
 from bootd.boot.node import Node
 from bootd.config import Config, parse_config
 from bootd.daemon import Daemon
+from bootd.proto.tftp.blocks import MemorySource, OctetBlocks
+from bootd.proto.tftp.options import Negotiated
 from bootd.proto.tftp.packets import Data, Error, OptionAck, decode, encode_ack
+from bootd.proto.tftp.transfer import Outcome, ReadTransfer
+from bootd.tftp.session import Session
+from bootd.udpgso import GsoSender
 from tests.helpers import write_config
 
 MAC = "52:54:00:00:00:01"
@@ -199,6 +205,44 @@ async def test_bad_datagrams_on_the_tid_are_counted_and_the_transfer_goes_on(
     assert sample(tftpd, "bootd_malformed_input_total", protocol="tftp", reason="truncated") == 1
     await asyncio.sleep(0.1)
     assert sample(tftpd, "bootd_tftp_transfers_total", result="ok") == 1
+
+
+def test_a_read_error_on_the_ack_path_fails_that_transfer_cleanly() -> None:
+    """A file that stops reading (EIO on a vanished NFS mount) mid-transfer: the ACK that
+    asks for the next block ends the transfer with error 0, nothing escapes the handler."""
+
+    class Failing(MemorySource):
+        def read(self, offset: int, length: int) -> bytes:
+            if offset >= 512:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(offset, length)
+
+    class Owner:
+        sender = GsoSender()
+        failed: list[int] = []
+
+        def read_failed(self, s: Session, exc: OSError, now: float) -> None:
+            self.failed.append(exc.errno or 0)
+            s.fail(now)  # what the service does, besides its warning
+
+        def data_started(self, s: Session, now: float) -> None: ...
+        def finished(self, s: Session, now: float) -> None: ...
+        def malformed(self, reason: str) -> None: ...
+        def unknown_tid(self, sock: socket.socket, addr: tuple[str, int], data: bytes) -> None: ...
+        def error_sent(self, code: int) -> None: ...
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        t = ReadTransfer(OctetBlocks(Failing(bytes(2000)), 512), Negotiated(512, 1, 1.0), 5)
+        owner = Owner()
+        s = Session(ours, ours, ("10.0.0.9", 2000), t, "f", None, None, owner)
+        s.start(0.0)
+        assert decode(theirs.recv(1024)) == Data(1, bytes(512))
+        theirs.send(encode_ack(1))
+        s.on_readable(0.1)  # block 2 cannot be read
+        err = decode(theirs.recv(1024))
+    assert isinstance(err, Error) and err.code == 0
+    assert owner.failed == [errno.EIO] and t.outcome is Outcome.ERROR
 
 
 async def test_unknown_tid_gets_error_5_and_transfer_goes_on(tftpd: Daemon, root: Path) -> None:

@@ -105,7 +105,11 @@ class Session:
         if n == 4 and buf[1] == 4 and buf[0] == 0 and t.phase is _DATA:
             # An ACK mid-transfer, the one datagram of nearly every round trip: straight
             # to the state machine, no bytes object and no general checks.
-            out = t.ack(buf[2] << 8 | buf[3], now)
+            try:
+                out = t.ack(buf[2] << 8 | buf[3], now)
+            except OSError as exc:  # reading the file failed
+                self.owner.read_failed(self, exc, now)
+                return
             if out:
                 self._send(out)
             if t.phase is not _DATA:
