@@ -74,6 +74,15 @@ class Peer:
         self._proc = self._start(tmp)
         time.sleep(1.0)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its live child processes (bootd's store
+        writer): comparable across servers where a rate depends on the machine's load."""
+        p = self._proc
+        if p is None:
+            return 0.0
+        pid = p.proc.pid if isinstance(p, LabBootd) else p.pid
+        return sum(_cpu(q) for q in [pid, *_children(pid)])
+
     def down(self) -> None:
         p = self._proc
         if isinstance(p, LabBootd):
@@ -136,6 +145,27 @@ def peers(lab: VethLab) -> list[Peer]:
     return [Peer("bootd", bootd), Peer("dnsmasq", dnsmasq), Peer("kea", kea)]
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def loss(r: dict[str, Any]) -> float:
     """Fraction of exchanges lost, from perfdhcp's per-exchange drop counters."""
     sent = r.get("sent") or [0]
@@ -170,10 +200,12 @@ def sustained(
 ) -> dict[str, Any]:
     """One perfdhcp -r run against a fresh server (empty lease store)."""
     with fresh_server(peer, lab, tmp) as drops:
+        cpu0 = peer.cpu_seconds()
         r = perfdhcp(
             lab, "-l", lab.cli_if, "-r", str(rate), "-R", str(clients), "-p", str(period),
             "-W", "2000000", timeout=period + 60,
         )  # fmt: skip
+        cpu = peer.cpu_seconds() - cpu0
     sent, drops_per_exchange = r.get("sent") or [0, 0], r.get("drops") or [0, 0]
     acked = sent[-1] - drops_per_exchange[-1] if len(sent) > 1 else 0
     # perfdhcp's own "Rate" divides by the run plus the -W wait; ACKs per second of run is fairer.
@@ -182,6 +214,9 @@ def sustained(
         "rate": round(acked / period, 1),
         "perfdhcp_rate": r.get("rate", 0.0),
         "loss": round(loss(r), 4),
+        # Server CPU per lease ACKed (with the store writer, for bootd): what a rate
+        # costs, less at the mercy of the machine's other tenants than the rate itself.
+        "cpu_us_per_lease": round(1e6 * cpu / acked) if acked else None,
         **drops,
     }
 
@@ -325,6 +360,7 @@ def table(out: dict[str, Any]) -> str:
     row("  drops at client socket", lambda r: r["avalanche"].get("dropped_at_client"))
     row("  drops at server (UDP) socket", lambda r: r["avalanche"].get("dropped_at_server"))
     row("sustained: leases/s (<1%)", lambda r: round(r["sustained"].get("rate", 0)))
+    row("  server CPU, us per lease", lambda r: r["sustained"].get("cpu_us_per_lease"))
     b = out["bootd"]
     for n in names:
         runs = " ".join(f"{x['seconds']:.2f} s/{x['resent']:.0f}" for x in out[n]["avalanche_runs"])
