@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -597,3 +598,35 @@ async def dhcp_on_loopback(tmp_path: Path) -> AsyncIterator[tuple[Daemon, DhcpSe
         yield d, svc, port
     finally:
         await d.stop()
+
+
+@pytest.mark.root
+async def test_a_full_disk_costs_acks_not_leases(tmp_path: Path) -> None:
+    """state_dir on a full filesystem: the REQUEST gets no ACK (counted), the lease
+    ACKed before stays, and once there is room the same client is ACKed and written."""
+    state = tmp_path / "small"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(state)], check=True)
+    try:
+        b = Bench(state)
+        try:
+            first = await b.lease("52:54:00:00:0d:01")
+            with open(state / "filler", "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(1 << 16))
+                    f.flush()
+            got = await b.ask("52:54:00:00:0d:02", MessageType.DISCOVER)
+            assert got is not None  # an OFFER writes nothing
+            want = {"requested": got[0].yiaddr, "server_id": SERVER}
+            assert await b.ask("52:54:00:00:0d:02", MessageType.REQUEST, **want) is None
+            failed = b.ctx.metrics.dhcp_messages.labels("request", "store-error")
+            assert failed._value.get() == 1
+            (state / "filler").unlink()
+            again = await b.ask("52:54:00:00:0d:02", MessageType.REQUEST, **want)
+            assert again is not None and again[0].message_type is MessageType.ACK
+            rows = {r["mac"]: r["ip"] for r in b.db.read("SELECT mac, ip FROM dhcp_leases")}
+            assert rows == {"52:54:00:00:0d:01": first.yiaddr, "52:54:00:00:0d:02": got[0].yiaddr}
+        finally:
+            b.db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
