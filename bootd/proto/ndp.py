@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from bootd.proto.errors import DecodeError
+
 ROUTER_SOLICITATION = 133
 ROUTER_ADVERTISEMENT = 134
 # §4.6.1 source link-layer address option.
@@ -27,12 +29,8 @@ _UNIT = 8
 _RA = struct.Struct("!BBHBBHII")
 
 
-class NdpDecodeError(ValueError):
+class NdpDecodeError(DecodeError):
     """A message is not a well-formed Router Solicitation; `reason` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from bootd.proto.errors import DecodeError
 
-class DhcpDecodeError(ValueError):
+
+class DhcpDecodeError(DecodeError):
     """Malformed DHCP input; `reason` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 class MessageType(IntEnum):

@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from bootd.proto.errors import DecodeError
+
 # RFC 2347 §2: a request with options must still fit the 512-byte classic limit.
 MAX_REQUEST = 512
 _HDR = struct.Struct("!HH")
@@ -36,12 +38,8 @@ class ErrorCode(IntEnum):
     OPTION_REFUSED = 8
 
 
-class TftpDecodeError(ValueError):
+class TftpDecodeError(DecodeError):
     """A datagram is not a well-formed TFTP packet; `reason` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
