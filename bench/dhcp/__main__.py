@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab.netns import VethLab, can_netns
+from bench.lab.procs import cpu_seconds
 from tests.dhcp_lab import POOL, LabBootd, dhcp_config, leases_in_db, perfdhcp
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "dhcp.json"
@@ -81,7 +82,7 @@ class Peer:
         if p is None:
             return 0.0
         pid = p.proc.pid if isinstance(p, LabBootd) else p.pid
-        return sum(_cpu(q) for q in [pid, *_children(pid)])
+        return cpu_seconds(pid)
 
     def down(self) -> None:
         p = self._proc
@@ -143,27 +144,6 @@ def peers(lab: VethLab) -> list[Peer]:
         )  # fmt: skip
 
     return [Peer("bootd", bootd), Peer("dnsmasq", dnsmasq), Peer("kea", kea)]
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # gone
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def loss(r: dict[str, Any]) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from bench.lab.procs import children
+from bench.lab.procs import cpu_seconds, process_tree
 from bootd.boot.bootparams import BootParams
 from bootd.daemon import all_migrations
 from bootd.store.bss import BssStore
@@ -105,11 +105,6 @@ class RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
-def process_tree(pid: int) -> list[int]:
-    """A server process and its children (nginx's workers, bootd's sendfile workers)."""
-    return [pid, *children(pid)]
-
-
 def rss_kb(pid: int) -> int:
     """Resident memory of a server process and its children."""
     total = 0
@@ -119,19 +114,6 @@ def rss_kb(pid: int) -> int:
         except OSError:
             continue
         total += int(m.group(1)) if m else 0
-    return total
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process and its children (nginx: master plus workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 

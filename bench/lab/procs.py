@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -14,3 +17,20 @@ def children(pid: int) -> list[int]:
     except OSError:
         pass
     return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """A server process and its children."""
+    return [pid, *children(pid)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live children (a process gone counts 0)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
