@@ -21,6 +21,21 @@ from tests.helpers import REPO, bootd_argv
 pytestmark = pytest.mark.root
 
 DHCLIENT_MAC = "52:54:00:aa:00:01"
+# dhcp.options, sent to the clients that ask for them.
+LAB_OPTIONS = {
+    "ntp-servers": ["10.77.0.1", "10.77.0.2"],
+    "interface-mtu": 9000,
+    "domain-search": ["cluster.test", "example.org"],
+    "classless-static-routes": ["10.20.0.0/16 via 10.77.0.254", "0.0.0.0/0 via 10.77.0.1"],
+    "time-offset": -3600,
+}
+# What dhclient asks for (Debian's default dhclient.conf, spelled out here so the test
+# does not depend on the machine's copy).
+DHCLIENT_CONF = """option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
+request subnet-mask, broadcast-address, time-offset, routers, domain-name,
+    domain-name-servers, domain-search, host-name, interface-mtu,
+    rfc3442-classless-static-routes, ntp-servers;
+"""
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VethLab, Lab
     sh("ip", "-n", lab.srv, "route", "add", "10.1.0.0/24", "via", lab.client_ip or "")
     nodes = tmp / "nodes.yaml"
     nodes.write_text(f"- {{mac: '{DHCLIENT_MAC}', ip: 10.77.0.50, hostname: nid0050}}\n")
-    cfg = dhcp_config(tmp, lab)
+    cfg = dhcp_config(tmp, lab, options=LAB_OPTIONS)
     cfg["nodes"] = str(nodes)
     bootd = LabBootd(tmp, lab, cfg)
     try:
@@ -105,11 +120,15 @@ def test_dhclient_gets_reservation_and_options(lab: tuple[VethLab, LabBootd, Pat
     script.write_text(f"#!/bin/sh\nenv > {tmp}/dhclient.$reason\n")
     script.chmod(0o755)
     pf = tmp / "dhclient.pid"
+    conf = tmp / "dhclient.conf"
+    conf.write_text(DHCLIENT_CONF)
     r = subprocess.run(
         veth.in_cli(
             "dhclient",
             "-4",
             "-1",
+            "-cf",
+            str(conf),
             "-sf",
             str(script),
             "-lf",
@@ -137,6 +156,12 @@ def test_dhclient_gets_reservation_and_options(lab: tuple[VethLab, LabBootd, Pat
     assert env["new_dhcp_lease_time"] == "3600"
     assert env["new_dhcp_server_identifier"] == "10.77.0.1"
     assert "new_filename" not in env  # Linux is not a PXE client: no boot file
+    # dhcp.options, each asked for in dhclient's option 55, decoded by dhclient itself.
+    assert env["new_ntp_servers"] == "10.77.0.1 10.77.0.2"
+    assert env["new_interface_mtu"] == "9000"
+    assert env["new_domain_search"] == "cluster.test. example.org."
+    assert env["new_time_offset"] == "-3600"
+    assert env["new_rfc3442_classless_static_routes"] == "16 10 20 10 77 0 254 0 10 77 0 1"
     assert (DHCLIENT_MAC, "10.77.0.50") in leases_in_db(bootd.cfg)
     boots = bootd.api(f"/api/v1/boots?mac={DHCLIENT_MAC}")
     stage = next(s for s in boots[0]["stages"] if s["stage"] == "dhcp-linux")
@@ -162,6 +187,19 @@ def test_udhcpc_as_pxe_client(
     assert (mac, env["ip"]) in leases_in_db(bootd.cfg)
     boots = bootd.api(f"/api/v1/boots?mac={mac}")
     assert any(s["stage"] == "dhcp" and s["end"] is not None for s in boots[0]["stages"])
+
+
+def test_udhcpc_gets_dhcp_options_only_when_it_asks(lab: tuple[VethLab, LabBootd, Path]) -> None:
+    veth, _, tmp = lab
+    set_mac(veth, "52:54:00:aa:00:20")
+    # -o: option 55 holds only the -O options.
+    plain = udhcpc(veth, tmp, "plain", "-o", "-O", "subnet")
+    assert "ntpsrv" not in plain and "mtu" not in plain and "search" not in plain
+    assert plain["router"] == "10.77.0.1"  # the subnet's own options always go
+    asks = udhcpc(veth, tmp, "asks", "-o", "-O", "ntpsrv", "-O", "mtu", "-O", "search")
+    assert asks["ntpsrv"] == "10.77.0.1 10.77.0.2"
+    assert asks["mtu"] == "9000"
+    assert asks["search"] == "cluster.test example.org"
 
 
 def test_ipxe_user_class_gets_script_url_and_same_address(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from bootd.proto.dhcp.optvalues import encode_options_config
 
 # RFC 4578 §2.1 client architecture (option 93) → boot file. Operators may override.
 DEFAULT_BOOT_FILES: dict[int, str] = {
@@ -40,6 +42,10 @@ class SubnetConfig(BaseModel):
     dns: list[str] = Field(default_factory=list)
     domain: str | None = None
     lease_time: int = Field(default=3600, ge=60, le=10 * 365 * 86400)
+    # More options by name or code (bootd.proto.dhcp.optvalues), sent to clients that
+    # ask for them in option 55. A relay subnet's entries add to and override the
+    # top level's.
+    options: dict[int | str, Any] = Field(default_factory=dict)
 
     @field_validator("subnet")
     @classmethod
@@ -77,6 +83,12 @@ class SubnetConfig(BaseModel):
         subnet = info.data.get("subnet")
         if subnet is not None and addr not in ipaddress.IPv4Network(subnet):
             raise ValueError(f"{v} is outside subnet {subnet}")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[int | str, Any]) -> dict[int | str, Any]:
+        encode_options_config(v)  # raises ValueError naming the entry
         return v
 
     @field_validator("dns")

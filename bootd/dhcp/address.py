@@ -10,6 +10,7 @@ from bootd.config.dhcp import SubnetConfig, parse_range
 from bootd.dhcp.exchange import ZERO, Exchange
 from bootd.dhcp.stages import ConfigSource, subnet_options
 from bootd.proto.dhcp import MessageType, Opt
+from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.leases import LeaseTable, ip_to_int
 from bootd.store.nodes import NodeInventory
 
@@ -24,6 +25,8 @@ class Network:
     pool: tuple[int, int] | None
     # Mask, router, DNS, domain, broadcast: encoded once per config, not per packet.
     options: dict[int, bytes]
+    # dhcp.options (the top level's, then the subnet's own): sent when requested.
+    extra: dict[int, bytes]
 
     def contains(self, ip: str) -> bool:
         """ip is inside the subnet."""
@@ -37,15 +40,22 @@ class Network:
 def networks(config: Config) -> list[Network]:
     """The local subnet first, then the relayed ones."""
     out = []
+    common = encode_options_config(config.dhcp.options)
     for sub in [config.dhcp, *config.dhcp.relay_subnets]:
         net = ipaddress.IPv4Network(sub.subnet)
         pool = None
         if sub.pool:
             a, b = parse_range(sub.pool)
             pool = (int(a), int(b))
+        extra = common if sub is config.dhcp else {**common, **encode_options_config(sub.options)}
         out.append(
             Network(
-                sub, int(net.network_address), int(net.broadcast_address), pool, subnet_options(sub)
+                sub,
+                int(net.network_address),
+                int(net.broadcast_address),
+                pool,
+                subnet_options(sub),
+                extra,
             )
         )
     return out
@@ -154,6 +164,7 @@ class AddressStage:
             return
         ex.subnet = net.cfg
         ex.subnet_options = net.options
+        ex.extra_options = net.extra
         if mt == MessageType.DISCOVER:
             ip = self.choose(ex, net)
             if ip is None:

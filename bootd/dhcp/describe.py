@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
 from bootd.proto.dhcp.options import OPTION_NAMES, ip_str
+from bootd.proto.dhcp.optvalues import CODE_NAMES, decode_for_display
 
 _IP_LISTS = {Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.BROADCAST, Opt.SERVER_ID, Opt.REQUESTED_IP}
 _SECONDS = {Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME}
@@ -24,13 +25,17 @@ def option_value(code: int, value: bytes) -> object:
         return int.from_bytes(value, "big")
     if code in _TEXT:
         return value.decode("ascii", "replace")
-    return value.hex()
+    shown = decode_for_display(code, value)  # the named ones of dhcp.options
+    return value.hex() if shown is None else shown
 
 
 def option_name(code: int) -> str:
     """'3 router' style label."""
     name = OPTION_NAMES.get(code)
-    return str(code) if name is None else f"{code} {name.lower().replace('_', '-')}"
+    if name is not None:
+        return f"{code} {name.lower().replace('_', '-')}"
+    named = CODE_NAMES.get(code)
+    return str(code) if named is None else f"{code} {named}"
 
 
 def describe(reply: DhcpPacket) -> dict[str, object]:

@@ -37,6 +37,8 @@ class Exchange:
     reply_type: MessageType | None = None
     subnet: SubnetConfig | None = None
     subnet_options: dict[int, bytes] | None = None
+    # The subnet's dhcp.options, sent only when the client asks for them (option 55).
+    extra_options: dict[int, bytes] | None = None
     # A lease to make durable before the reply leaves (ACKs only).
     commit: Lease | None = None
     # Stop folding: the reply is final (NAK) or there is none.

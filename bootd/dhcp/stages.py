@@ -121,10 +121,24 @@ def subnet_options(sub: SubnetConfig) -> dict[int, bytes]:
 
 
 def network_options(ex: Exchange) -> None:
-    """RFC 2132 §3: the subnet's mask, router, DNS servers and domain."""
+    """RFC 2132 §3: the subnet's mask, router, DNS servers and domain; then the
+    dhcp.options the client asks for (all of them when it sends no option 55)."""
     if ex.reply is None or ex.subnet_options is None:
         return
-    ex.reply.options.update(ex.subnet_options)
+    opts = ex.reply.options
+    opts.update(ex.subnet_options)
+    extra = ex.extra_options
+    if extra:
+        asked = ex.request.options.get(Opt.PARAM_REQUEST)
+        sent = [code for code in extra if asked is None or code in asked]
+        for code in sent:
+            opts[code] = extra[code]
+        if sent:
+            ex.note(f"dhcp.options sent: {', '.join(map(str, sent))}")
+        if len(sent) < len(extra):
+            ex.note(
+                f"dhcp.options not asked for: {', '.join(str(c) for c in extra if c not in sent)}"
+            )
 
 
 def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:
