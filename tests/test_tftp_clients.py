@@ -151,6 +151,39 @@ def test_atftp_windowsize(lab: Lab, window: int) -> None:
     assert lab.got(dst.name) == lab.sha("big.bin")
 
 
+def test_blksize_follows_the_path_mtu(lab: Lab) -> None:
+    """tftp.max_blksize auto: the path MTU toward the client less 32, from the route's MTU
+    when it has one, else the link's; what atftp asked for beyond that is not granted."""
+    veth = lab.veth
+    links = ((veth.srv, veth.srv_if), (veth.cli, veth.cli_if))
+    client = f"{veth.client_ip}/32"
+
+    def granted(tag: str) -> int:
+        dst = lab.out / f"atftp-mtu-{tag}.bin"
+        r = lab.cli(
+            "atftp", "--trace", "--option", "blksize 65464", "-g", "-r", "small.bin", "-l", str(dst),
+            SERVER,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert lab.got(dst.name) == lab.sha("small.bin")
+        # --trace prints the server's answer as "received OACK <blksize: 1468, >".
+        oack = (r.stdout + r.stderr).split("received OACK <blksize: ", 1)[1]
+        return int(oack.split(",", 1)[0])
+
+    try:
+        assert granted("1500") == 1468
+        sh("ip", "-n", veth.srv, "route", "add", client, "dev", veth.srv_if, "mtu", "1400")
+        assert granted("route1400") == 1368
+        sh("ip", "-n", veth.srv, "route", "del", client)
+        for ns, ifname in links:
+            sh("ip", "-n", ns, "link", "set", ifname, "mtu", "9000")
+        assert granted("9000") == 8968
+    finally:
+        sh("ip", "-n", veth.srv, "route", "del", client, check=False)
+        for ns, ifname in links:
+            sh("ip", "-n", ns, "link", "set", ifname, "mtu", "1500")
+
+
 def test_block_number_rollover_small_blksize(lab: Lab) -> None:
     dst = lab.out / "atftp-roll16.bin"
     r = lab.cli(

@@ -116,9 +116,27 @@ async def test_fetch_is_byte_identical(tftpd: Daemon, root: Path, opts: dict[str
 
 
 async def test_options_capped_and_exact_multiple(tftpd: Daemon, root: Path) -> None:
+    tftpd.services[0].reload(with_tftp(tftpd, max_blksize=1468))
     r = await fetch(addr(tftpd), "/sub/exact.bin", blksize=65464, windowsize=1000)
     assert r.ok and r.options == {"blksize": "1468", "windowsize": "64"}
     assert r.sha256 == sha(root / "sub" / "exact.bin")
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+async def test_auto_blksize_is_the_path_mtu_less_headers(
+    cfg_dict: dict[str, Any], root: Path, tmp_path: Path, single_port: bool
+) -> None:
+    # Loopback's MTU is 65536: every block size up to RFC 2348's largest fits unfragmented.
+    cfg_dict["tftp"].update(enabled=True, single_port=single_port)
+    d = Daemon(parse_config(cfg_dict), write_config(tmp_path, cfg_dict))
+    await d.start()
+    try:
+        assert d.config.tftp.max_blksize == "auto"
+        r = await fetch(addr(d), "ipxe.efi", blksize=65464)
+        assert r.ok and r.options == {"blksize": "65464"}
+        assert r.sha256 == sha(root / "ipxe.efi")
+    finally:
+        await d.stop()
 
 
 async def test_tftpy_client(tftpd: Daemon, root: Path, tmp_path: Path) -> None:

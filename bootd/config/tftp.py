@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,8 +15,10 @@ class TftpConfig(BaseModel):
     enabled: bool = True
     port: int = Field(default=69, ge=1, le=65535)
     root: Path = Path("/usr/lib/ipxe")
-    # RFC 2348: largest block we grant; 1468 fits a 1500-byte MTU with IP/UDP/TFTP headers.
-    max_blksize: int = Field(default=1468, ge=8, le=65464)
+    # RFC 2348: largest block we grant. "auto": what the path MTU toward each client
+    # allows after the IP, UDP and TFTP headers (1468 on a 1500-byte link, 8968 with
+    # jumbo frames), so no block is fragmented. A number: that, whatever the MTU.
+    max_blksize: Annotated[int, Field(ge=8, le=65464)] | Literal["auto"] = "auto"
     # RFC 7440: largest window we grant.
     max_windowsize: int = Field(default=64, ge=1, le=65535)
     timeout: float = Field(default=1.0, gt=0, le=255)

@@ -15,7 +15,7 @@ from bootd.config import Config
 from bootd.context import Context, StartupError
 from bootd.logs import RateLimitedLog
 from bootd.proto.tftp.blocks import ByteSource, MemorySource, NetasciiBlocks, OctetBlocks
-from bootd.proto.tftp.options import Limits, negotiate
+from bootd.proto.tftp.options import MAX_BLKSIZE, Limits, negotiate
 from bootd.proto.tftp.packets import (
     MAX_REQUEST,
     Error,
@@ -35,6 +35,9 @@ from bootd.udpgso import GsoSender
 log = logging.getLogger("bootd.tftp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
+IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux: the path MTU of a connected socket
+# IPv4 (no options), UDP and TFTP DATA headers: a block of path MTU - 32 is not fragmented.
+BLOCK_OVERHEAD = 20 + 8 + 4
 # Retransmit timers are checked this often; far below the 1 s minimum TFTP timeout.
 TICK = 0.05
 # A storm's RRQs (and, in single-port mode, every ACK) land on one socket.
@@ -303,15 +306,6 @@ class TftpService:
             source, file = MemorySource(ipxe_chain_script(self.ctx.config.http_base_url, mac)), None
         else:
             source = file = self._files.acquire(found)
-        netascii = req.mode == "netascii"
-        limits = Limits(cfg.max_blksize, cfg.max_windowsize, cfg.timeout, cfg.retries)
-        params = negotiate(req.options, limits, None if netascii else source.size)
-        blocks: NetasciiBlocks | OctetBlocks
-        if netascii:
-            blocks = NetasciiBlocks(source, params.blksize)
-        else:
-            shared = file.packets(params.blksize) if file is not None else None
-            blocks = OctetBlocks(source, params.blksize, shared)
         try:
             sock, stranger = (
                 (self._sock, None) if self._single_port else self._tid_pair(local_ip, addr)
@@ -323,6 +317,18 @@ class TftpService:
             self._refuse(Refused(ErrorCode.NOT_DEFINED, "server busy", "busy"), req, addr, local_ip)
             return
         assert sock is not None
+        netascii = req.mode == "netascii"
+        max_blksize = cfg.max_blksize
+        if max_blksize == "auto":
+            max_blksize = self._path_blksize(sock if stranger is not None else None, addr)
+        limits = Limits(max_blksize, cfg.max_windowsize, cfg.timeout, cfg.retries)
+        params = negotiate(req.options, limits, None if netascii else source.size)
+        blocks: NetasciiBlocks | OctetBlocks
+        if netascii:
+            blocks = NetasciiBlocks(source, params.blksize)
+        else:
+            shared = file.packets(params.blksize) if file is not None else None
+            blocks = OctetBlocks(source, params.blksize, shared)
         transfer = ReadTransfer(blocks, params, cfg.retries)
         s = Session(sock, stranger, addr, transfer, req.filename, mac, file, self)
         self._sessions[addr] = s
@@ -338,6 +344,25 @@ class TftpService:
             s.start(now)
         except OSError as exc:
             self.read_failed(s, exc, now)
+
+    @staticmethod
+    def _path_blksize(connected: socket.socket | None, peer: Address) -> int:
+        """The largest block that reaches `peer` unfragmented: its path MTU less the headers.
+
+        The kernel knows the path MTU of a connected socket (the route's MTU, else what
+        PMTU discovery learned, else the interface's). In single-port mode a throwaway
+        socket is connected to ask: connecting a UDP socket sends nothing.
+        """
+        try:
+            if connected is not None:
+                mtu = connected.getsockopt(socket.IPPROTO_IP, IP_MTU)
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.connect(peer)
+                    mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        except OSError:
+            mtu = 1500  # no route known: assume Ethernet
+        return max(8, min(MAX_BLKSIZE, mtu - BLOCK_OVERHEAD))
 
     def _tid_socket(self, local_ip: str) -> socket.socket:
         # RFC 1350 §4: each transfer gets a fresh TID (port), from the address asked.
