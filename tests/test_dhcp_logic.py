@@ -249,6 +249,34 @@ async def test_reservation_and_hostname_from_inventory(bench: Bench) -> None:
     assert ipxe.yiaddr == "10.0.0.11"
 
 
+async def test_ignore_unknown_clients_answers_only_the_inventory(tmp_path: Path) -> None:
+    b = Bench(tmp_path, ignore_unknown_clients=True)
+    known, stranger = "52:54:00:00:08:11", "52:54:00:00:08:12"
+    await b.nodes.upsert([Node(mac=known, hostname="nid0111")])
+    ack = await b.lease(known)  # no reserved address: the pool serves it
+    assert ack.yiaddr == "10.0.0.100" and ack.options[Opt.HOSTNAME] == b"nid0111"
+    assert await b.ask(stranger, MessageType.DISCOVER) is None
+    assert await b.ask(stranger, MessageType.REQUEST, requested="10.0.0.101") is None
+    counted = b.ctx.metrics.dhcp_messages.labels
+    assert counted("discover", "unknown-client")._value.get() == 1
+    assert counted("request", "unknown-client")._value.get() == 1
+    assert b.leases.offered(stranger, b.now) is None and b.leases.lease(stranger) is None
+    req = DhcpPacket(chaddr=bytes.fromhex("525400000812") + bytes(10),
+                     options={Opt.MESSAGE_TYPE: b"\x01"})  # fmt: skip
+    ex = explain(b.stages, Exchange(request=req, now=b.now, mac=stranger))
+    assert ex.reply is None and ex.why[-1].startswith("not in the node inventory")
+    # Proxy mode keeps to the inventory too.
+    b.db.close()
+    (tmp_path / "proxy").mkdir()
+    p = Bench(tmp_path / "proxy", mode="proxy", ignore_unknown_clients=True)
+    await p.nodes.upsert([Node(mac=known)])
+    pxe = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00007", Opt.CLIENT_ARCH: b"\0\7"}
+    assert await p.ask(stranger, MessageType.DISCOVER, options=pxe) is None
+    offer = await p.ask(known, MessageType.DISCOVER, options=pxe)
+    assert offer is not None and offer[0].file == b"ipxe.efi"
+    p.db.close()
+
+
 async def test_pxe_boot_files_by_arch(bench: Bench) -> None:
     bios = await bench.lease(
         "52:54:00:00:09:01",

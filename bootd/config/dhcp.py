@@ -120,6 +120,10 @@ class DhcpConfig(SubnetConfig):
     # An address the client DECLINEd stays out of the pool this long.
     decline_quarantine: int = Field(default=3600, ge=0)
     authoritative: bool = True
+    # Answer only MACs in the node inventory (ISC dhcpd's `deny unknown-clients`,
+    # dnsmasq's dhcp-ignore=tag:!known): on a shared management network the BMCs,
+    # switches and laptops are left to whoever else serves them. Counted and logged.
+    ignore_unknown_clients: bool = False
     # Answer IPv6 router solicitations on `interface` with a Router Advertisement that
     # offers nothing (router lifetime 0, no prefixes, no DHCPv6 flags): iPXE then ends
     # its IPv6 configuration at once instead of waiting ~14 s for a router.

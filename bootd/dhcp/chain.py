@@ -9,6 +9,7 @@ from bootd.dhcp.exchange import Exchange, Stage, run_stages
 from bootd.dhcp.netboot import BootFiles, NetbootStage
 from bootd.dhcp.stages import (
     hostname,
+    known_clients,
     network_options,
     proxy_skeleton,
     relay_agent_echo,
@@ -19,16 +20,19 @@ from bootd.store.leases import LeaseTable
 
 
 def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
-    """skeleton → identity → address → network options → netboot → hostname → option 82 echo."""
+    """skeleton → known clients → identity → address → network options → netboot → hostname
+    → option 82 echo."""
 
     def config() -> Config:
         return ctx.config
 
     netboot = NetbootStage(config, BootFiles())
+    known = known_clients(config, ctx.nodes)
     if ctx.config.dhcp.mode == "proxy":
-        return [proxy_skeleton(config), server_identity(config), netboot]
+        return [proxy_skeleton(config), known, server_identity(config), netboot]
     return [
         skeleton,
+        known,
         server_identity(config),
         AddressStage(config, leases, ctx.nodes),
         network_options,

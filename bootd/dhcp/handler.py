@@ -146,7 +146,7 @@ class DhcpHandler:
             done = mt in (MessageType.DECLINE, MessageType.RELEASE)
             result = ex.outcome or ("done" if done else "ignored")
             self._count(mtype, result)
-            if ex.outcome in ("exhausted", "overload"):
+            if ex.outcome in ("exhausted", "overload", "unknown-client"):
                 self._logged.warning(
                     f"dhcp:{ex.outcome}",
                     "dhcp: no answer to %s: %s",

@@ -141,6 +141,16 @@ def network_options(ex: Exchange) -> None:
             )
 
 
+def known_clients(config: ConfigSource, nodes: NodeInventory) -> Callable[[Exchange], None]:
+    """dhcp.ignore_unknown_clients: no reply at all to a MAC the node inventory lacks."""
+
+    def stage(ex: Exchange) -> None:
+        if config().dhcp.ignore_unknown_clients and nodes.by_mac(ex.mac) is None:
+            ex.drop("not in the node inventory (dhcp.ignore_unknown_clients)", "unknown-client")
+
+    return stage
+
+
 def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:
     """Option 12 from the node inventory."""
 
