@@ -190,16 +190,22 @@ def test_udhcpc_as_pxe_client(
 
 
 def test_udhcpc_gets_dhcp_options_only_when_it_asks(lab: tuple[VethLab, LabBootd, Path]) -> None:
-    veth, _, tmp = lab
+    veth, bootd, tmp = lab
     set_mac(veth, "52:54:00:aa:00:20")
     # -o: option 55 holds only the -O options.
     plain = udhcpc(veth, tmp, "plain", "-o", "-O", "subnet")
     assert "ntpsrv" not in plain and "mtu" not in plain and "search" not in plain
     assert plain["router"] == "10.77.0.1"  # the subnet's own options always go
-    asks = udhcpc(veth, tmp, "asks", "-o", "-O", "ntpsrv", "-O", "mtu", "-O", "search")
+    asks = udhcpc(
+        veth, tmp, "asks", "-o", "-O", "ntpsrv", "-O", "mtu", "-O", "search",
+        "-x", "hostname:login7",
+    )  # fmt: skip
     assert asks["ntpsrv"] == "10.77.0.1 10.77.0.2"
     assert asks["mtu"] == "9000"
     assert asks["search"] == "cluster.test example.org"
+    # Not in the inventory: the lease carries the name the client sent (option 12).
+    leases = {x["mac"]: x for x in bootd.api("/api/v1/leases")}
+    assert leases["52:54:00:aa:00:20"]["hostname"] == "login7"
 
 
 def test_ipxe_user_class_gets_script_url_and_same_address(

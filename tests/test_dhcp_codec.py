@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, Opt, decode
-from bootd.proto.dhcp.options import encode_options, parse_user_class
+from bootd.proto.dhcp.options import client_hostname, encode_options, parse_user_class
 
 # A PXE DHCPDISCOVER as Wireshark shows it ("Bootstrap Protocol (Discover)").
 DISCOVER_HEX = (
@@ -141,6 +141,36 @@ def test_malformed_input_raises_the_one_decode_error(wire: bytes, reason: str) -
     with pytest.raises(DhcpDecodeError) as info:
         decode(wire)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({12: b"node17"}, "node17"),
+        ({12: b"Node17.cluster.example"}, "node17"),  # first label, lower case
+        ({12: b"name\0"}, "name"),  # NUL-terminated, as some firmware sends it
+        ({81: b"\x05\x00\x00\x06nid007\x07cluster\x00", 12: b"other"}, "nid007"),  # E: wire
+        ({81: b"\x01\x00\x00Web.example.com"}, "web"),  # ASCII form
+        ({81: b"\x04\x00\x00\x00", 12: b"h"}, "h"),  # empty FQDN: option 12 instead
+        ({81: b"\x04\x00\x00\x3f" + b"a" * 10}, None),  # length past the end: no name
+        ({12: b"bad_name"}, None),
+        ({12: b"-x"}, None),
+        ({12: b"a" * 64}, None),
+        ({12: b"caf\xc3\xa9"}, None),
+        ({12: b"x;rm -rf"}, None),
+        ({}, None),
+    ],
+)
+def test_client_hostname_is_one_valid_label_or_none(
+    options: dict[int, bytes], name: str | None
+) -> None:
+    assert client_hostname(options) == name
+
+
+@given(st.dictionaries(st.sampled_from([12, 81]), st.binary(max_size=80)))
+def test_client_hostname_never_raises(options: dict[int, bytes]) -> None:
+    got = client_hostname(options)
+    assert got is None or (0 < len(got) <= 63 and got.replace("-", "").isalnum())
 
 
 def test_user_class_raw_and_rfc3004() -> None:

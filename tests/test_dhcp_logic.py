@@ -249,6 +249,23 @@ async def test_reservation_and_hostname_from_inventory(bench: Bench) -> None:
     assert ipxe.yiaddr == "10.0.0.11"
 
 
+async def test_lease_records_the_clients_own_name_unless_the_inventory_has_one(
+    bench: Bench,
+) -> None:
+    await bench.nodes.upsert([Node(mac="52:54:00:00:08:21", hostname="nid0121")])
+    await bench.lease("52:54:00:00:08:21", options={Opt.HOSTNAME: b"whatever"})
+    await bench.lease("52:54:00:00:08:22", options={Opt.HOSTNAME: b"Login1.site"})
+    await bench.lease("52:54:00:00:08:23", options={Opt.HOSTNAME: b"not valid!"})
+    names = {x.mac: x.hostname for x in bench.leases.all()}
+    assert names == {
+        "52:54:00:00:08:21": "nid0121",
+        "52:54:00:00:08:22": "login1",
+        "52:54:00:00:08:23": None,
+    }
+    rows = bench.db.read("SELECT mac, hostname FROM dhcp_leases ORDER BY mac")
+    assert [tuple(r) for r in rows] == list(names.items())
+
+
 async def test_ignore_unknown_clients_answers_only_the_inventory(tmp_path: Path) -> None:
     b = Bench(tmp_path, ignore_unknown_clients=True)
     known, stranger = "52:54:00:00:08:11", "52:54:00:00:08:12"

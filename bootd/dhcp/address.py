@@ -10,6 +10,7 @@ from bootd.config.dhcp import SubnetConfig, parse_range
 from bootd.dhcp.exchange import ZERO, Exchange
 from bootd.dhcp.stages import ConfigSource, subnet_options
 from bootd.proto.dhcp import MessageType, Opt
+from bootd.proto.dhcp.options import client_hostname
 from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.leases import LeaseTable, ip_to_int
 from bootd.store.nodes import NodeInventory
@@ -225,7 +226,11 @@ class AddressStage:
             return
         node = self._nodes.by_mac(ex.mac)
         expires = ex.now + net.cfg.lease_time
+        # The inventory's name, else the one the client sent (option 81 or 12), as
+        # dnsmasq and Kea record it: `bootd leases` then names dynamic clients too.
         hostname = node.hostname if node is not None else None
+        if hostname is None:
+            hostname = client_hostname(req.options)
         if not ex.dry_run:
             ex.commit = self._leases.bind(ex.mac, want, expires, hostname)
         self._grant(ex, net, want)

@@ -55,6 +55,7 @@ class Opt:
     TFTP_SERVER = 66
     BOOTFILE = 67
     USER_CLASS = 77
+    CLIENT_FQDN = 81
     RELAY_AGENT = 82
     CLIENT_ARCH = 93
     CLIENT_NDI = 94
@@ -176,3 +177,27 @@ def parse_user_class(value: bytes) -> list[bytes]:
         items.append(value[i + 1 : i + 1 + length])
         i += 1 + length
     return items or [value]
+
+
+# Letters, digits and hyphens (RFC 1123 §2.1): what a host name label may hold.
+_LABEL_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def client_hostname(options: dict[int, bytes]) -> str | None:
+    """The client's own name: option 81's first label (RFC 4702 §2, wire or ASCII form),
+    else option 12's; None unless it is a valid host name label."""
+    fqdn = options.get(Opt.CLIENT_FQDN)
+    name = b""
+    if fqdn is not None and len(fqdn) > 3:
+        body = fqdn[3:]  # after flags, RCODE1, RCODE2
+        if fqdn[0] & 0x04:  # flag E: canonical wire format, length-prefixed labels
+            n = body[0]
+            name = body[1 : 1 + n] if len(body) > n else b""  # a label past the end: none
+        else:
+            name = body.split(b".", 1)[0]
+    if not name:
+        name = options.get(Opt.HOSTNAME, b"").split(b".", 1)[0]
+    name = name.rstrip(b"\0")
+    if not 1 <= len(name) <= 63 or not _LABEL_CHARS.issuperset(name) or name[:1] == b"-":
+        return None
+    return name.decode("ascii").lower()
