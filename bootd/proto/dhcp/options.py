@@ -187,6 +187,8 @@ def client_hostname(options: dict[int, bytes]) -> str | None:
     """The client's own name: option 81's first label (RFC 4702 §2, wire or ASCII form),
     else option 12's; None unless it is a valid host name label."""
     fqdn = options.get(Opt.CLIENT_FQDN)
+    if fqdn is None and Opt.HOSTNAME not in options:
+        return None  # most requests (and every REQUEST perfdhcp sends)
     name = b""
     if fqdn is not None and len(fqdn) > 3:
         body = fqdn[3:]  # after flags, RCODE1, RCODE2
