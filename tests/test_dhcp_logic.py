@@ -266,6 +266,18 @@ async def test_lease_records_the_clients_own_name_unless_the_inventory_has_one(
     assert [tuple(r) for r in rows] == list(names.items())
 
 
+async def test_a_reservation_held_by_another_mac_gets_a_pool_address_acked(
+    bench: Bench,
+) -> None:
+    holder, owner = "52:54:00:00:08:41", "52:54:00:00:08:42"
+    await bench.nodes.upsert([Node(mac=holder, ip="10.0.0.41")])
+    assert (await bench.lease(holder)).yiaddr == "10.0.0.41"
+    await bench.nodes.upsert([Node(mac=owner, ip="10.0.0.41")], True)
+    # OFFERed from the pool, then ACKed (it was NAKed: the client looped for an hour).
+    ack = await bench.lease(owner)
+    assert ack.yiaddr == "10.0.0.100"
+
+
 async def test_ignore_unknown_clients_answers_only_the_inventory(tmp_path: Path) -> None:
     b = Bench(tmp_path, ignore_unknown_clients=True)
     known, stranger = "52:54:00:00:08:11", "52:54:00:00:08:12"

@@ -106,7 +106,12 @@ class AddressStage:
             return False
         node = self._nodes.by_mac(ex.mac)
         if node is not None and node.ip is not None and net.contains(node.ip):
-            return ip == node.ip and self._leases.is_free(ip, ex.mac, ex.now)
+            if ip == node.ip:
+                return self._leases.is_free(ip, ex.mac, ex.now)
+            if self._leases.is_free(node.ip, ex.mac, ex.now):
+                return False  # the reservation is free: it is this client's address
+            # The reservation is held by another client, so choose() offered from the
+            # pool: that address is good too (else OFFER then NAK, round and round).
         lease = self._leases.lease(ex.mac)
         mine = lease is not None and lease.ip == ip
         if not (mine or net.in_pool(ip)):
