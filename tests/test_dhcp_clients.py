@@ -330,6 +330,40 @@ def test_leases_api_and_cli(lab: tuple[VethLab, LabBootd, Path]) -> None:
     assert "reserved for this MAC" in r.stdout
 
 
+def test_a_lease_deleted_through_the_api_frees_its_address(
+    lab: tuple[VethLab, LabBootd, Path],
+) -> None:
+    veth, bootd, tmp = lab
+    mac = "52:54:00:aa:00:30"
+    set_mac(veth, mac)
+    ip = udhcpc(veth, tmp, "deleted")["ip"]
+    url = f"{bootd.url}/api/v1/leases/{mac}"
+
+    def curl(*args: str) -> str:
+        return sh(*veth.in_srv("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args)).stdout
+
+    assert curl("-X", "DELETE", url) == "401"  # writes need the bearer token
+    assert curl("-X", "DELETE", "-H", "Authorization: Bearer wrong", url) == "403"
+    assert (mac, ip) in leases_in_db(bootd.cfg)
+    token = Path(bootd.cfg["api"]["token_file"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = bootd_argv("--url", bootd.url, "--token-file", str(token), "leases")
+    r = subprocess.run(
+        veth.in_srv(*argv, "delete", mac), capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert r.returncode == 0 and f"deleted the lease of {mac} on {ip}" in r.stdout, r.stderr
+    assert mac not in {m for m, _ in leases_in_db(bootd.cfg)}  # gone from disk when answered
+    assert mac not in {x["mac"] for x in bootd.api("/api/v1/leases")}
+    r = subprocess.run(
+        veth.in_srv(*argv, "delete", mac), capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert r.returncode == 1 and "HTTP 404" in r.stderr
+    r = subprocess.run(
+        veth.in_srv(*argv, "delete", "nonsense"), capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert r.returncode == 1 and "HTTP 400" in r.stderr
+
+
 def test_kill_9_during_storm_keeps_acked_leases(tmp_path: Path) -> None:
     lab = VethLab(checkout_prefix("bdh3")).up()
     cfg = dhcp_config(tmp_path, lab)

@@ -278,6 +278,27 @@ async def test_a_reservation_held_by_another_mac_gets_a_pool_address_acked(
     assert ack.yiaddr == "10.0.0.100"
 
 
+async def test_a_deleted_lease_lets_a_swapped_nic_have_the_reserved_address(
+    bench: Bench,
+) -> None:
+    old, new = "52:54:00:00:08:31", "52:54:00:00:08:32"
+    await bench.nodes.upsert([Node(mac=old, ip="10.0.0.31", hostname="nid0031")])
+    assert (await bench.lease(old)).yiaddr == "10.0.0.31"
+    # The node's NIC is replaced: the inventory moves the reservation to the new MAC...
+    await bench.nodes.upsert([Node(mac=new, ip="10.0.0.31", hostname="nid0031")], True)
+    # ...but the old MAC's lease still holds the address for an hour.
+    assert (await bench.lease(new)).yiaddr != "10.0.0.31"
+    lease, written = bench.leases.delete(old)
+    await written
+    assert lease is not None and lease.ip == "10.0.0.31"
+    assert bench.db.read("SELECT * FROM dhcp_leases WHERE mac = ?", (old,)) == []
+    assert (await bench.lease(new)).yiaddr == "10.0.0.31"
+    assert {x.ip for x in bench.leases.all() if x.mac == new} == {"10.0.0.31"}
+    lease, written = bench.leases.delete(old)  # nothing left to delete
+    await written
+    assert lease is None
+
+
 async def test_ignore_unknown_clients_answers_only_the_inventory(tmp_path: Path) -> None:
     b = Bench(tmp_path, ignore_unknown_clients=True)
     known, stranger = "52:54:00:00:08:11", "52:54:00:00:08:12"

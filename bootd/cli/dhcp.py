@@ -15,10 +15,26 @@ from bootd.cli.inventory import table
 def register(cli: click.Group) -> None:
     """Attach the DHCP commands."""
 
-    @cli.command()
+    @cli.group(invoke_without_command=True)
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def leases(ctx: click.Context, as_json: bool) -> None:
+        """Current DHCP leases (`bootd leases delete MAC` forgets one)."""
+        if ctx.invoked_subcommand is None:
+            ctx.invoke(leases_list, as_json=as_json)
+
+    @leases.command("delete")
+    @click.argument("mac")
+    @pass_client
+    def leases_delete(client: ApiClient, mac: str) -> None:
+        """Forget MAC's lease: its address is free again (a swapped NIC, a retired node)."""
+        gone = client.ok("DELETE", f"/api/v1/leases/{urllib.parse.quote(mac, safe='')}")
+        click.echo(f"deleted the lease of {gone['mac']} on {gone['ip']}")
+
+    @leases.command("list", hidden=True)
     @click.option("--json", "as_json", is_flag=True)
     @pass_client
-    def leases(client: ApiClient, as_json: bool) -> None:
+    def leases_list(client: ApiClient, as_json: bool) -> None:
         """Current DHCP leases."""
         data = client.ok("GET", "/api/v1/leases")
         if as_json:

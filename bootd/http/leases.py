@@ -1,14 +1,19 @@
-"""/api/v1/leases, /api/v1/explain and /tftp/{name} (EFI binaries for UEFI HTTP boot)."""
+"""/api/v1/leases (list, delete), /api/v1/explain and /tftp/{name} (EFI binaries for UEFI
+HTTP boot)."""
 
 from __future__ import annotations
+
+import logging
 
 from aiohttp import web
 
 from bootd.boot.node import normalize_mac
 from bootd.context import Context
-from bootd.http.problem import ProblemError
+from bootd.http.problem import ProblemError, check_bearer, read_token
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
 from bootd.store.leases import LeaseTable
+
+log = logging.getLogger("bootd.dhcp")
 
 
 def explain_request(mac: str, arch: int | None, ipxe: bool) -> DhcpPacket:
@@ -33,6 +38,22 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         table = ctx.leases
         rows = table.all() if isinstance(table, LeaseTable) else []
         return web.json_response([lease.to_dict(now) for lease in rows])
+
+    async def delete_lease(request: web.Request) -> web.Response:
+        check_bearer(request, read_token(ctx.config.api.token_file))
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except ValueError as exc:
+            raise ProblemError(400, "Bad MAC", str(exc)) from None
+        table = ctx.leases
+        if not isinstance(table, LeaseTable):
+            raise ProblemError(409, "DHCP disabled", "dhcp.enabled is false in this config")
+        lease, written = table.delete(mac)
+        await written  # the answer leaves once the row is gone from disk
+        if lease is None:
+            raise ProblemError(404, "No lease", f"{mac} has no lease")
+        log.info("dhcp: lease of %s on %s deleted through the API", mac, lease.ip)
+        return web.json_response(lease.to_dict(ctx.clock()))
 
     async def explain(request: web.Request) -> web.Response:
         from bootd.dhcp.chain import explain as run_explain
@@ -81,5 +102,6 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         return web.FileResponse(path)
 
     app.router.add_get("/api/v1/leases", list_leases)
+    app.router.add_delete("/api/v1/leases/{mac}", delete_lease)
     app.router.add_get("/api/v1/explain", explain)
     app.router.add_get("/tftp/{name:[^/]+}", efi)

@@ -231,6 +231,17 @@ class LeaseTable:
             (_UPSERT, [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]),
         )
 
+    def delete(self, mac: str) -> tuple[Lease | None, Awaitable[int]]:
+        """Forget this MAC's lease and offer (an operator's call: a swapped NIC, a retired
+        node); the write resolves once the row is gone from SQLite."""
+        self.drop_offer(mac)
+        lease = self._leases.pop(mac, None)
+        if lease is not None and self._owner.get(lease.ip) == mac:
+            del self._owner[lease.ip]
+        self._full_until.clear()
+        written = self._db.submit(statements, ("DELETE FROM dhcp_leases WHERE mac = ?", (mac,)))
+        return lease, written
+
     def release(self, mac: str, ip: str, now: float) -> bool:
         """RELEASE: end the lease now but keep the record, so the MAC gets the same IP back."""
         lease = self._leases.get(mac)
