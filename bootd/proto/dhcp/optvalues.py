@@ -75,13 +75,6 @@ def _ipv4(v: Any) -> bytes:
         raise ValueError(f"{v!r} is not an IPv4 address") from None
 
 
-def _ips(v: Any) -> bytes:
-    items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not items:
-        raise ValueError("needs one IPv4 address or a list of them")
-    return b"".join(_ipv4(a) for a in items)
-
-
 def _int(lo: int, hi: int, size: int, signed: bool = False) -> Callable[[Any], bytes]:
     def enc(v: Any) -> bytes:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -121,14 +114,6 @@ def _domain(name: Any) -> bytes:
     return bytes(out)
 
 
-def _domains(v: Any) -> bytes:
-    """RFC 3397 domain search list: the names one after another (no compression needed)."""
-    items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not items:
-        raise ValueError("needs a domain name or a list of them")
-    return b"".join(_domain(n) for n in items)
-
-
 def _route(v: Any) -> bytes:
     """'10.2.0.0/16 via 10.0.0.254' → RFC 3442 §1: width, significant octets, router."""
     dest, sep, gw = v.partition(" via ") if isinstance(v, str) else ("", "", "")
@@ -142,11 +127,16 @@ def _route(v: Any) -> bytes:
     return bytes((width,)) + net.network_address.packed[: (width + 7) // 8] + _ipv4(gw.strip())
 
 
-def _routes(v: Any) -> bytes:
-    items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not items:
-        raise ValueError("needs a route or a list of them")
-    return b"".join(_route(r) for r in items)
+def _one_or_more(one: Callable[[Any], bytes], what: str) -> Callable[[Any], bytes]:
+    """An encoder for one item or a non-empty list of them, one after another on the wire."""
+
+    def enc(v: Any) -> bytes:
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"needs {what} or a list of them")
+        return b"".join(one(x) for x in items)
+
+    return enc
 
 
 def _hex(v: Any) -> bytes:
@@ -161,15 +151,16 @@ def _hex(v: Any) -> bytes:
 
 ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "ip": _ipv4,
-    "ips": _ips,
+    "ips": _one_or_more(_ipv4, "one IPv4 address"),
     "u8": _int(0, 0xFF, 1),
     "u16": _int(0, 0xFFFF, 2),
     "u32": _int(0, 0xFFFFFFFF, 4),
     "i32": _int(-(1 << 31), (1 << 31) - 1, 4, signed=True),
     "bool": _bool,
     "string": _string,
-    "domains": _domains,
-    "routes": _routes,
+    # RFC 3397: the names one after another (compression is allowed, not needed).
+    "domains": _one_or_more(_domain, "a domain name"),
+    "routes": _one_or_more(_route, "a route"),
     "hex": _hex,
 }
 
