@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Debian packages the tests, the demo and the benches use (real clients and peers).
 APT_PKGS := iproute2 procps curl ca-certificates sqlite3 cpio xz-utils \
 	isc-dhcp-client busybox-static udhcpc kea-admin kea-dhcp4-server dnsmasq-base \
-	tftp-hpa atftp tftpd-hpa nginx-light wrk \
+	tftp-hpa atftp tftpd-hpa nginx-light wrk nftables \
 	qemu-system-x86 ipxe-qemu ovmf cloud-init systemd gcc
 # QEMU end-to-end boots: iPXE binaries for the TFTP root, squashfs root images, and
 # Debian's dracut (core only: no kernel hooks, initramfs-tools stays) for the live flavour.
