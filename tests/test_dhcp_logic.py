@@ -153,6 +153,28 @@ async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
     assert len(bench.db.read("SELECT * FROM dhcp_leases")) == 4
 
 
+async def test_an_expired_leases_address_moves_to_another_mac_on_disk_too(
+    bench: Bench,
+) -> None:
+    first = {f"52:54:00:00:01:{i:02x}": (await bench.lease(f"52:54:00:00:01:{i:02x}")).yiaddr
+             for i in range(4)}  # fmt: skip
+    bench.now += 3601  # every lease has expired; the pool has no never-used address left
+    late = "52:54:00:00:01:99"
+    ack = await bench.lease(late)
+    taken_from = next(mac for mac, ip in first.items() if ip == ack.yiaddr)
+    # One row per address (ip is UNIQUE): the displaced MAC's row went first, in the
+    # same commit, and the ACK left only after it.
+    rows = {r["mac"]: r["ip"] for r in bench.db.read("SELECT mac, ip FROM dhcp_leases")}
+    assert rows[late] == ack.yiaddr and taken_from not in rows
+    assert len(rows) == 4 and len(set(rows.values())) == 4
+    # The other expired MACs keep their addresses (affinity), on disk and after a reload.
+    kept = next(mac for mac in first if mac != taken_from)
+    assert (await bench.lease(kept)).yiaddr == first[kept]
+    fresh = LeaseTable(bench.db, bench.ctx.clock, lambda ip: None)
+    fresh.load()
+    assert {x.mac: x.ip for x in fresh.all()} == rows
+
+
 async def test_offer_holds_address_until_timeout(bench: Bench) -> None:
     assert bench.leases.free_count(0x0A000064, 0x0A000067) == 4
     a = await bench.ask("52:54:00:00:02:01", MessageType.DISCOVER)

@@ -98,6 +98,8 @@ class LeaseTable:
         self._cursor: dict[tuple[int, int], int] = {}
         self._full_until: dict[tuple[int, int], float] = {}  # one entry per configured pool
         self.offers_refused = 0
+        # MAC → address it took over from another MAC's expired lease, until persisted.
+        self._moved: dict[str, str] = {}
 
     def load(self) -> None:
         """Fill memory from SQLite (after a restart every committed lease is back)."""
@@ -215,6 +217,7 @@ class LeaseTable:
         if prev is not None and prev != mac:
             # Only an expired lease can be here (is_free checked); its address moves on.
             del self._leases[prev]
+            self._moved[mac] = ip  # persist() drops prev's row before writing this one
         lease = Lease(mac, ip, expires, hostname)
         self._leases[mac] = lease
         self._owner[ip] = mac
@@ -223,11 +226,18 @@ class LeaseTable:
     def persist(self, leases: list[Lease]) -> Awaitable[int]:
         """Queue the leases' write now, as one job; resolves once its batch is committed and fsynced."""
         now = self._clock()
+        # The old row of a moved address goes first (the ip column is UNIQUE). Memory
+        # mirrors the table, so only binds that displaced a MAC need the DELETE: in a
+        # storm of new nodes none do, and the writer saves ~3 us a lease.
+        moved = self._moved
+        drop = (
+            [(x.ip, x.mac) for x in leases if moved.pop(x.mac, None) is not None] if moved else []
+        )
         # executemany in the writer process: 11-14 us a lease there, where one JSON
         # parameter through json_each took 18-21 (and json.dumps in the loop besides).
         return self._db.submit(
             many,
-            (_DROP_MOVED, [(x.ip, x.mac) for x in leases]),
+            (_DROP_MOVED, drop),
             (_UPSERT, [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]),
         )
 
