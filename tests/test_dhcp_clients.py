@@ -428,3 +428,60 @@ def test_proxy_mode_answers_67_and_4011_without_addresses(tmp_path: Path) -> Non
     assert out["offer"] == {"yiaddr": "0.0.0.0", "file": "ipxe.efi", "vc": "PXEClient"}
     assert out["ack"] == {"yiaddr": "0.0.0.0", "file": "ipxe.efi", "type": 5}
     assert leases_in_db(cfg) == []
+
+
+def test_leases_of_dnsmasq_and_kea_move_to_bootd(tmp_path: Path) -> None:
+    """Migration: clients leased by dnsmasq and by Kea keep their addresses under bootd
+    once `bootd leases import` has read those servers' own lease files."""
+    from bench.dhcp.__main__ import peers
+
+    lab = VethLab(checkout_prefix("bdh4")).up()
+    try:
+        by_name = {p.name: p for p in peers(lab)}
+        before: dict[str, str] = {}
+        files = {}
+        for server, macs in (("dnsmasq", ["52:54:00:ee:00:01", "52:54:00:ee:00:02"]),
+                             ("kea", ["52:54:00:ee:00:03"])):  # fmt: skip
+            work = tmp_path / server
+            work.mkdir()
+            by_name[server].up(work)
+            try:
+                for mac in macs:
+                    set_mac(lab, mac)
+                    before[mac] = udhcpc(lab, work, mac.replace(":", ""))["ip"]
+            finally:
+                by_name[server].down()
+            files[server] = work / ("dnsmasq.leases" if server == "dnsmasq" else "leases.csv")
+        state = tmp_path / "bootd"
+        state.mkdir()
+        bootd = LabBootd(state, lab, dhcp_config(state, lab))
+        try:
+            bootd.wait_ready()
+            token = bootd.cfg["api"]["token_file"]
+            for server, path in files.items():
+                r = subprocess.run(
+                    lab.in_srv(*bootd_argv("--url", bootd.url, "--token-file", token,
+                                           "leases", "import", str(path))),
+                    capture_output=True, text=True, cwd=REPO,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )  # fmt: skip
+                want = 2 if server == "dnsmasq" else 1
+                assert r.returncode == 0 and f"imported {want} leases" in r.stdout, (
+                    r.stdout + r.stderr
+                )
+            after = {}
+            for mac in before:
+                set_mac(lab, mac)
+                after[mac] = udhcpc(lab, state, "bootd-" + mac.replace(":", ""))["ip"]
+            assert after == before, (before, after)
+            assert len(set(after.values())) == 3
+            # Not what bootd would have handed out by itself: its pool starts at the
+            # first address and goes up (dnsmasq picks by a hash of the MAC).
+            fresh = "52:54:00:ee:00:09"
+            set_mac(lab, fresh)
+            own = udhcpc(lab, state, "bootd-fresh")["ip"]
+            assert own not in after.values()
+        finally:
+            bootd.stop()
+    finally:
+        lab.down()

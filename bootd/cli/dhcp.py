@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import click
 
 from bootd.cli.client import ApiClient, pass_client
 from bootd.cli.inventory import table
+from bootd.cli.leasefiles import LeaseFileError, parse
 
 
 def register(cli: click.Group) -> None:
@@ -19,7 +22,8 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
     def leases(ctx: click.Context, as_json: bool) -> None:
-        """Current DHCP leases (`bootd leases delete MAC` forgets one)."""
+        """Current DHCP leases (`delete MAC` forgets one, `import FILE` takes over another
+        server's)."""
         if ctx.invoked_subcommand is None:
             ctx.invoke(leases_list, as_json=as_json)
 
@@ -30,6 +34,30 @@ def register(cli: click.Group) -> None:
         """Forget MAC's lease: its address is free again (a swapped NIC, a retired node)."""
         gone = client.ok("DELETE", f"/api/v1/leases/{urllib.parse.quote(mac, safe='')}")
         click.echo(f"deleted the lease of {gone['mac']} on {gone['ip']}")
+
+    @leases.command("import")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["auto", "dnsmasq", "kea", "json"]),
+        default="auto",
+        show_default=True,
+        help="dnsmasq's lease file, Kea's memfile CSV, or bootd's own JSON list",
+    )
+    @pass_client
+    def leases_import(client: ApiClient, file: Path, fmt: str) -> None:
+        """Take over the leases of the server bootd replaces, so nodes keep their addresses.
+
+        All or none: a lease whose address is another client's here, or outside bootd's
+        subnets, stops the import and is named.
+        """
+        try:
+            data = parse(file.read_text(), fmt, time.time())
+        except (LeaseFileError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"{file}: {exc}") from None
+        out = client.ok("POST", "/api/v1/leases", data)
+        click.echo(f"imported {out['imported']} leases")
 
     @leases.command("list", hidden=True)
     @click.option("--json", "as_json", is_flag=True)

@@ -1,17 +1,22 @@
-"""/api/v1/leases (list, delete), /api/v1/explain and /tftp/{name} (EFI binaries for UEFI
+"""/api/v1/leases (list, import, delete), /api/v1/explain and /tftp/{name} (EFI binaries for UEFI
 HTTP boot)."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from bootd.boot.node import normalize_mac
 from bootd.context import Context
+from bootd.dhcp.address import networks
 from bootd.http.problem import ProblemError, check_bearer, read_token
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
-from bootd.store.leases import LeaseTable
+from bootd.proto.dhcp.options import client_hostname
+from bootd.store.leases import Lease, LeaseTable
 
 log = logging.getLogger("bootd.dhcp")
 
@@ -30,6 +35,29 @@ def explain_request(mac: str, arch: int | None, ipxe: bool) -> DhcpPacket:
     return DhcpPacket(xid=0x4558504C, chaddr=chaddr, flags=0x8000, options=opts)
 
 
+def lease_from_dict(d: Any) -> Lease:
+    """One entry of an import: {mac, ip, expires (epoch seconds), hostname}; ValueError."""
+    if not isinstance(d, dict):
+        raise ValueError("expected a mapping with mac, ip and expires")
+    unknown = set(d) - {"mac", "ip", "expires", "hostname"}
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown key")
+    mac = normalize_mac(d.get("mac", ""))
+    try:
+        ip = str(ipaddress.IPv4Address(str(d.get("ip"))))
+    except ValueError:
+        raise ValueError(f"ip: {d.get('ip')!r} is not an IPv4 address") from None
+    expires = d.get("expires")
+    if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
+        raise ValueError(f"expires: {expires!r} is not a time in epoch seconds")
+    name = d.get("hostname")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"hostname: {name!r} is not a string")
+    # Kept only as a valid host name label, as for names clients send (option 12).
+    hostname = client_hostname({Opt.HOSTNAME: name.encode("utf-8", "replace")}) if name else None
+    return Lease(mac, ip, float(expires), hostname)
+
+
 def add_routes(app: web.Application, ctx: Context) -> None:
     """Register the lease, explain and HTTP-boot routes."""
 
@@ -38,6 +66,38 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         table = ctx.leases
         rows = table.all() if isinstance(table, LeaseTable) else []
         return web.json_response([lease.to_dict(now) for lease in rows])
+
+    async def import_leases(request: web.Request) -> web.Response:
+        check_bearer(request, read_token(ctx.config.api.token_file))
+        table = ctx.leases
+        if not isinstance(table, LeaseTable):
+            raise ProblemError(409, "DHCP disabled", "dhcp.enabled is false in this config")
+        try:
+            data = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProblemError(400, "Bad JSON", str(exc)) from None
+        if not isinstance(data, list):
+            raise ProblemError(400, "Bad leases", "expected a JSON list of leases")
+        nets = networks(ctx.config)
+        leases: list[Lease] = []
+        errors: list[str] = []
+        for i, entry in enumerate(data):
+            try:
+                lease = lease_from_dict(entry)
+            except ValueError as exc:
+                errors.append(f"[{i}]: {exc}")
+                continue
+            if not any(net.contains(lease.ip) for net in nets):
+                errors.append(f"[{i}]: {lease.ip} is in none of this server's subnets")
+            leases.append(lease)
+        if errors:
+            raise ProblemError(400, "Bad leases", "; ".join(errors[:20]))
+        conflicts, written = table.import_leases(leases, ctx.clock())
+        if written is None:
+            raise ProblemError(409, "Lease conflicts", "; ".join(conflicts[:20]))
+        await written  # the answer leaves once every row is on disk
+        log.info("dhcp: %d leases imported through the API", len(leases))
+        return web.json_response({"imported": len(leases)})
 
     async def delete_lease(request: web.Request) -> web.Response:
         check_bearer(request, read_token(ctx.config.api.token_file))
@@ -102,6 +162,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         return web.FileResponse(path)
 
     app.router.add_get("/api/v1/leases", list_leases)
+    app.router.add_post("/api/v1/leases", import_leases)
     app.router.add_delete("/api/v1/leases/{mac}", delete_lease)
     app.router.add_get("/api/v1/explain", explain)
     app.router.add_get("/tftp/{name:[^/]+}", efi)

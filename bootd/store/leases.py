@@ -241,6 +241,30 @@ class LeaseTable:
             (_UPSERT, [(x.mac, x.ip, x.expires, x.hostname, now) for x in leases]),
         )
 
+    def import_leases(
+        self, leases: list[Lease], now: float
+    ) -> tuple[list[str], Awaitable[int] | None]:
+        """Take leases from another server's file, all or none: ([], the write) when every
+        one fits, else (one line per conflict, None: nothing changed). A lease conflicts when
+        its MAC or address comes twice, or when the address is another MAC's (a lease
+        or offer still running, a reservation, a DECLINE's quarantine)."""
+        errors: list[str] = []
+        macs: set[str] = set()
+        ips: set[str] = set()
+        for i, x in enumerate(leases):
+            if x.mac in macs or x.ip in ips:
+                errors.append(f"[{i}]: {x.mac} or {x.ip} comes twice in the import")
+            elif not self.is_free(x.ip, x.mac, now):
+                errors.append(f"[{i}]: {x.ip} is another client's here (lease, offer, "
+                              "reservation or quarantine)")  # fmt: skip
+            macs.add(x.mac)
+            ips.add(x.ip)
+        if errors:
+            return errors, None
+        bound = [self.bind(x.mac, x.ip, x.expires, x.hostname) for x in leases]
+        self._full_until.clear()
+        return [], self.persist(bound)
+
     def delete(self, mac: str) -> tuple[Lease | None, Awaitable[int]]:
         """Forget this MAC's lease and offer (an operator's call: a swapped NIC, a retired
         node); the write resolves once the row is gone from SQLite."""
