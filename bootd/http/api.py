@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from bootd.boot.node import node_from_dict, normalize_mac
 from bootd.context import Context
-from bootd.http.problem import ProblemError, check_bearer, read_token
+from bootd.http.problem import ProblemError, check_bearer, json_list_body, read_token
 
 
 def add_routes(app: web.Application, ctx: Context) -> None:
@@ -19,12 +17,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
     async def put_nodes(request: web.Request) -> web.Response:
         check_bearer(request, read_token(ctx.config.api.token_file))
-        try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProblemError(400, "Bad JSON", str(exc)) from None
-        if not isinstance(data, list):
-            raise ProblemError(400, "Bad inventory", "expected a JSON list of nodes")
+        data = await json_list_body(request, "Bad inventory", "nodes")
         try:
             nodes = [node_from_dict(e, f"[{i}]") for i, e in enumerate(data)]
             await ctx.nodes.upsert(nodes, replace_all=request.query.get("replace") == "1")

@@ -17,8 +17,8 @@ from bootd.boot.cloudinit import (
 from bootd.boot.node import Node, normalize_mac
 from bootd.config import Config
 from bootd.context import Context
-from bootd.http.cloudinit_admin import add_admin_routes, bearer_ok, json_body
-from bootd.http.problem import ProblemError, check_bearer, problem, read_token
+from bootd.http.cloudinit_admin import add_admin_routes, bearer_ok
+from bootd.http.problem import ProblemError, check_bearer, json_body, problem, read_token
 from bootd.logs import RateLimitedLog
 from bootd.store.cloudinit import store_of
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,7 +10,7 @@ from aiohttp import web
 from bootd.boot.cloudinit import parse_defaults, parse_group, parse_instance_info
 from bootd.boot.node import normalize_mac
 from bootd.context import Context
-from bootd.http.problem import ProblemError, check_bearer, read_token
+from bootd.http.problem import ProblemError, check_bearer, json_body, read_token
 from bootd.store.cloudinit import CloudInitStore
 
 
@@ -22,14 +21,6 @@ def bearer_ok(request: web.Request, ctx: Context) -> bool:
     except ProblemError:
         return False
     return True
-
-
-async def json_body(request: web.Request) -> Any:
-    """The request body as JSON; a 400 problem when it is not."""
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, "Bad JSON", str(exc)) from None
 
 
 def _valid(fn: Callable[[], Any]) -> Any:

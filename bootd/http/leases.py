@@ -4,7 +4,6 @@ HTTP boot)."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiohttp import web
 from bootd.boot.node import normalize_mac
 from bootd.context import Context
 from bootd.dhcp.address import networks
-from bootd.http.problem import ProblemError, check_bearer, read_token
+from bootd.http.problem import ProblemError, check_bearer, json_list_body, read_token
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
 from bootd.proto.dhcp.options import client_hostname
 from bootd.store.leases import Lease, LeaseTable
@@ -72,12 +71,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         table = ctx.leases
         if not isinstance(table, LeaseTable):
             raise ProblemError(409, "DHCP disabled", "dhcp.enabled is false in this config")
-        try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProblemError(400, "Bad JSON", str(exc)) from None
-        if not isinstance(data, list):
-            raise ProblemError(400, "Bad leases", "expected a JSON list of leases")
+        data = await json_list_body(request, "Bad leases", "leases")
         nets = networks(ctx.config)
         leases: list[Lease] = []
         errors: list[str] = []

@@ -1,10 +1,11 @@
-"""RFC 9457 problem documents and bearer-token checks shared by every route."""
+"""RFC 9457 problem documents, bearer-token checks and JSON bodies shared by every route."""
 
 from __future__ import annotations
 
 import hmac
 import json
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -54,3 +55,19 @@ def check_bearer(request: web.Request, token: bytes | None) -> None:
         raise ProblemError(401, "Unauthorized", "send 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.strip().encode(), token):
         raise ProblemError(403, "Forbidden", "the bearer token is not valid")
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request body as JSON; a 400 problem when it is not."""
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProblemError(400, "Bad JSON", str(exc)) from None
+
+
+async def json_list_body(request: web.Request, title: str, what: str) -> list[Any]:
+    """The request body as a JSON list; a 400 problem (`title`) when it is not one."""
+    data = await json_body(request)
+    if not isinstance(data, list):
+        raise ProblemError(400, title, f"expected a JSON list of {what}")
+    return data
