@@ -86,3 +86,16 @@ def test_sendfile_workers_auto_or_a_count() -> None:
     for bad in (-1, "many", 65):
         errs = errors_of({"http": {"sendfile_workers": bad}})
         assert errs and all(e.startswith("http.sendfile_workers") for e in errs), errs
+
+
+def test_boot_file_names_and_architectures_are_checked() -> None:
+    assert errors_of({"dhcp": {"group_boot_files": {"mlx": {70000: "x.efi"}}}}) == [
+        "dhcp.group_boot_files: mlx: 70000: an architecture type is 0-65535 (option 93)"
+    ]
+    assert errors_of({"dhcp": {"group_boot_files": {"mlx": {7: "../x.efi"}}}}) == [
+        "dhcp.group_boot_files: mlx: 7: '../x.efi' is not a file name under tftp.root"
+    ]
+    # An absolute name was never found under tftp.root; now the config says so.
+    assert errors_of({"dhcp": {"boot_files": {7: "/srv/ipxe.efi"}}}) == [
+        "dhcp.boot_files: 7: '/srv/ipxe.efi' is not a file name under tftp.root"
+    ]

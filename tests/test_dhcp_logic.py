@@ -375,6 +375,32 @@ async def test_pxe_boot_files_by_arch(bench: Bench) -> None:
     assert http.options[Opt.VENDOR_CLASS] == b"HTTPClient"
 
 
+async def test_group_boot_files_replace_the_arch_default_for_their_nodes(
+    tmp_path: Path,
+) -> None:
+    b = Bench(tmp_path, group_boot_files={"mlx": {7: "snponly.efi"}, "old": {7: "gone.efi"}})
+    (tmp_path / "tftp" / "snponly.efi").write_bytes(b"x")
+    mlx, plain, stale = "52:54:00:00:09:11", "52:54:00:00:09:12", "52:54:00:00:09:13"
+    await b.nodes.upsert([
+        Node(mac=mlx, groups=("compute", "mlx")),
+        Node(mac=plain, groups=("compute",)),
+        Node(mac=stale, groups=("old",)),
+    ])  # fmt: skip
+    uefi = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016", Opt.CLIENT_ARCH: b"\0\7"}
+    bios = {Opt.VENDOR_CLASS: b"PXEClient:Arch:00000:UNDI:002001", Opt.CLIENT_ARCH: b"\0\0"}
+    assert (await b.lease(mlx, options=uefi)).file == b"snponly.efi"
+    assert (await b.lease(mlx, options=bios)).file == b"undionly.kpxe"  # arch 0: the default
+    assert (await b.lease(plain, options=uefi)).file == b"ipxe.efi"
+    # A group file missing under tftp.root gives no boot file (and says so), as for
+    # dhcp.boot_files: the node is not sent a name that would fail over TFTP.
+    assert (await b.lease(stale, options=uefi)).file == b""
+    req = DhcpPacket(chaddr=bytes.fromhex("525400000911") + bytes(10),
+                     options={Opt.MESSAGE_TYPE: b"\x01", **uefi})  # fmt: skip
+    ex = explain(b.stages, Exchange(request=req, now=b.now, mac=mlx))
+    assert "group mlx: boot file snponly.efi for architecture 7" in ex.why
+    b.db.close()
+
+
 async def test_ipxe_gets_script_url_not_a_binary(bench: Bench) -> None:
     mac = "52:54:00:00:0a:01"
     for opts in ({Opt.USER_CLASS: b"iPXE"}, {Opt.IPXE_ENCAP: b"\x13\x01\x01"}):

@@ -32,6 +32,15 @@ def parse_range(v: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
     return lo, hi
 
 
+def _check_boot_files(files: dict[int, str]) -> None:
+    """Architectures are 16-bit (RFC 4578 §2.1); names are relative to tftp.root."""
+    for arch, name in files.items():
+        if not 0 <= arch <= 0xFFFF:
+            raise ValueError(f"{arch}: an architecture type is 0-65535 (option 93)")
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"{arch}: {name!r} is not a file name under tftp.root")
+
+
 class SubnetConfig(BaseModel):
     """One IPv4 network that bootd hands out addresses in."""
 
@@ -112,6 +121,10 @@ class DhcpConfig(SubnetConfig):
     # Relayed networks (giaddr inside one of these) get their own pools and options.
     relay_subnets: list[SubnetConfig] = Field(default_factory=list)
     boot_files: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_BOOT_FILES))
+    # Per inventory group, boot files that replace boot_files' for those architectures
+    # (a NIC whose UNDI driver is broken boots snponly.efi, say). A node in several of
+    # these groups takes the first of its own groups that names its architecture.
+    group_boot_files: dict[str, dict[int, str]] = Field(default_factory=dict)
     # Receive buffer for the DHCP socket: 640 DISCOVERs (~300-600 bytes each
     # plus skb overhead) must fit in one burst without drops.
     rcvbuf: int = Field(default=8 * 1024 * 1024, ge=65536)
@@ -124,6 +137,25 @@ class DhcpConfig(SubnetConfig):
     # dnsmasq's dhcp-ignore=tag:!known): on a shared management network the BMCs,
     # switches and laptops are left to whoever else serves them. Counted and logged.
     ignore_unknown_clients: bool = False
+
+    @field_validator("boot_files")
+    @classmethod
+    def _boot_files(cls, v: dict[int, str]) -> dict[int, str]:
+        _check_boot_files(v)
+        return v
+
+    @field_validator("group_boot_files")
+    @classmethod
+    def _group_boot_files(cls, v: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+        for group, files in v.items():
+            if not group:
+                raise ValueError("a group name is empty")
+            try:
+                _check_boot_files(files)
+            except ValueError as exc:
+                raise ValueError(f"{group}: {exc}") from None
+        return v
+
     # Answer IPv6 router solicitations on `interface` with a Router Advertisement that
     # offers nothing (router lifetime 0, no prefixes, no DHCPv6 flags): iPXE then ends
     # its IPv6 configuration at once instead of waiting ~14 s for a router.

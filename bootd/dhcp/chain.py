@@ -26,7 +26,7 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
     def config() -> Config:
         return ctx.config
 
-    netboot = NetbootStage(config, BootFiles())
+    netboot = NetbootStage(config, BootFiles(), ctx.nodes)
     known = known_clients(config, ctx.nodes)
     if ctx.config.dhcp.mode == "proxy":
         return [proxy_skeleton(config), known, server_identity(config), netboot]

@@ -10,6 +10,7 @@ from bootd.dhcp.exchange import Exchange
 from bootd.dhcp.stages import ConfigSource
 from bootd.proto.dhcp import Opt
 from bootd.proto.dhcp.options import ip_bytes
+from bootd.store.nodes import NodeInventory
 
 # RFC 4578 §2.1: architecture 16 is x86-64 UEFI HTTP boot.
 ARCH_HTTP = 16
@@ -65,9 +66,10 @@ def arch_of(ex: Exchange) -> int | None:
 class NetbootStage:
     """Boot file or URL, siaddr/next-server, option 60 echo, PXE vendor options."""
 
-    def __init__(self, config: ConfigSource, files: BootFiles) -> None:
+    def __init__(self, config: ConfigSource, files: BootFiles, nodes: NodeInventory) -> None:
         self._config = config
         self._files = files
+        self._nodes = nodes
 
     def __call__(self, ex: Exchange) -> None:
         """Add boot information for PXE, HTTP-boot and iPXE clients; others get none."""
@@ -102,7 +104,9 @@ class NetbootStage:
         if arch is None:
             arch = 0
             ex.note("no client architecture (option 93): assuming 0 (BIOS)")
-        name = cfg.dhcp.boot_files.get(arch)
+        name = self._group_file(ex, cfg.dhcp.group_boot_files, arch)
+        if name is None:
+            name = cfg.dhcp.boot_files.get(arch)
         if name is None:
             ex.note(f"architecture {arch} has no entry in dhcp.boot_files: no boot file")
             return
@@ -123,6 +127,20 @@ class NetbootStage:
         if guid is not None:
             # PXE 2.1 §2.2.5: the server echoes the client machine identifier.
             reply.options[Opt.UUID_GUID] = guid
+
+    def _group_file(
+        self, ex: Exchange, by_group: dict[str, dict[int, str]], arch: int
+    ) -> str | None:
+        """dhcp.group_boot_files: the first of the node's groups that names this arch."""
+        if not by_group:
+            return None
+        node = self._nodes.by_mac(ex.mac)
+        for group in node.groups if node is not None else ():
+            name = by_group.get(group, {}).get(arch)
+            if name is not None:
+                ex.note(f"group {group}: boot file {name} for architecture {arch}")
+                return name
+        return None
 
     @staticmethod
     def _set_file(ex: Exchange, file: bytes, address: str) -> None:
