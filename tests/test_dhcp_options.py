@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
 
+from bootd.boot.node import Node
 from bootd.config import ConfigError, parse_config
 from bootd.dhcp.chain import explain
 from bootd.dhcp.describe import describe
@@ -199,3 +200,44 @@ async def test_explain_and_describe_show_them(opts_bench: Bench) -> None:
     assert "dhcp.options not asked for: 26, 224" in ex.why
     assert ex.reply is not None and ex.reply.options[42] == bytes([10, 0, 0, 1])
     assert ex.reply.options[Opt.SERVER_ID] == ip_bytes(SERVER)
+
+
+async def test_group_options_add_to_and_override_the_subnets(tmp_path: Path) -> None:
+    b = Bench(
+        tmp_path,
+        options={"interface-mtu": 1500, "ntp-servers": ["10.0.0.1"]},
+        group_options={
+            "storage": {"interface-mtu": 9000, "root-path": "10.0.0.5:/export/root"},
+            "site-b": {"ntp-servers": ["10.0.0.2"], "interface-mtu": 1400},
+        },
+    )
+    storage, both, plain = "52:54:00:0a:01:01", "52:54:00:0a:01:02", "52:54:00:0a:01:03"
+    await b.nodes.upsert([
+        Node(mac=storage, groups=("storage",)),
+        Node(mac=both, groups=("site-b", "storage")),
+        Node(mac=plain, groups=("compute",)),
+    ])  # fmt: skip
+    ask = prl(26, 42, 17)
+    got = (await b.lease(storage, options=ask)).options
+    assert int.from_bytes(got[26], "big") == 9000 and got[17] == b"10.0.0.5:/export/root"
+    assert got[42] == bytes([10, 0, 0, 1])  # the subnet's, not overridden for this group
+    got = (await b.lease(both, options=ask)).options
+    # The node's first group wins a code both set; the others still add theirs.
+    assert int.from_bytes(got[26], "big") == 1400 and got[42] == bytes([10, 0, 0, 2])
+    assert got[17] == b"10.0.0.5:/export/root"
+    got = (await b.lease(plain, options=ask)).options
+    assert int.from_bytes(got[26], "big") == 1500 and 17 not in got
+    # Still only what the client asks for.
+    got = (await b.lease("52:54:00:0a:01:01", options=prl(42))).options
+    assert 26 not in got and 17 not in got
+    req = DhcpPacket(chaddr=bytes.fromhex("5254000a0102") + bytes(10),
+                     options={Opt.MESSAGE_TYPE: bytes([MessageType.DISCOVER]), **ask})  # fmt: skip
+    ex = explain(b.stages, Exchange(decode(req.encode()), b.now, both))
+    assert "dhcp.group_options of site-b, storage" in ex.why
+    b.db.close()
+
+
+def test_group_options_errors_name_the_group() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"dhcp": {"group_options": {"gpu": {"ntp-servers": "x"}}}})
+    assert ei.value.errors == ["dhcp.group_options: gpu: ntp-servers: 'x' is not an IPv4 address"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -39,6 +40,17 @@ def _check_boot_files(files: dict[int, str]) -> None:
             raise ValueError(f"{arch}: an architecture type is 0-65535 (option 93)")
         if not name or name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"{arch}: {name!r} is not a file name under tftp.root")
+
+
+def _per_group(by_group: dict[str, Any], check: Callable[[Any], object]) -> None:
+    """Run `check` on each group's entry; a ValueError names the group."""
+    for group, entry in by_group.items():
+        if not group:
+            raise ValueError("a group name is empty")
+        try:
+            check(entry)
+        except ValueError as exc:
+            raise ValueError(f"{group}: {exc}") from None
 
 
 class SubnetConfig(BaseModel):
@@ -125,6 +137,9 @@ class DhcpConfig(SubnetConfig):
     # (a NIC whose UNDI driver is broken boots snponly.efi, say). A node in several of
     # these groups takes the first of its own groups that names its architecture.
     group_boot_files: dict[str, dict[int, str]] = Field(default_factory=dict)
+    # Per inventory group, dhcp.options entries that add to and override the subnet's
+    # for those nodes (the first of a node's groups to set a code wins).
+    group_options: dict[str, dict[int | str, Any]] = Field(default_factory=dict)
     # Receive buffer for the DHCP socket: 640 DISCOVERs (~300-600 bytes each
     # plus skb overhead) must fit in one burst without drops.
     rcvbuf: int = Field(default=8 * 1024 * 1024, ge=65536)
@@ -147,13 +162,13 @@ class DhcpConfig(SubnetConfig):
     @field_validator("group_boot_files")
     @classmethod
     def _group_boot_files(cls, v: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
-        for group, files in v.items():
-            if not group:
-                raise ValueError("a group name is empty")
-            try:
-                _check_boot_files(files)
-            except ValueError as exc:
-                raise ValueError(f"{group}: {exc}") from None
+        _per_group(v, _check_boot_files)
+        return v
+
+    @field_validator("group_options")
+    @classmethod
+    def _group_options(cls, v: dict[str, dict[int | str, Any]]) -> dict[str, dict[int | str, Any]]:
+        _per_group(v, encode_options_config)
         return v
 
     # Answer IPv6 router solicitations on `interface` with a Router Advertisement that

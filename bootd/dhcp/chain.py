@@ -8,6 +8,7 @@ from bootd.dhcp.address import AddressStage
 from bootd.dhcp.exchange import Exchange, Stage, run_stages
 from bootd.dhcp.netboot import BootFiles, NetbootStage
 from bootd.dhcp.stages import (
+    GroupOptions,
     hostname,
     known_clients,
     network_options,
@@ -20,8 +21,8 @@ from bootd.store.leases import LeaseTable
 
 
 def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
-    """skeleton → known clients → identity → address → network options → netboot → hostname
-    → option 82 echo."""
+    """skeleton → known clients → identity → address → group options → network options →
+    netboot → hostname → option 82 echo."""
 
     def config() -> Config:
         return ctx.config
@@ -35,6 +36,7 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
         known,
         server_identity(config),
         AddressStage(config, leases, ctx.nodes),
+        GroupOptions(config, ctx.nodes),
         network_options,
         netboot,
         hostname(ctx.nodes),

@@ -10,6 +10,7 @@ from bootd.config.dhcp import SubnetConfig
 from bootd.dhcp.exchange import ZERO, Exchange, base_reply
 from bootd.proto.dhcp import BOOTREQUEST, MessageType, Opt
 from bootd.proto.dhcp.options import ip_bytes
+from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.nodes import NodeInventory
 
 ConfigSource = Callable[[], Config]
@@ -139,6 +140,47 @@ def network_options(ex: Exchange) -> None:
             ex.note(
                 f"dhcp.options not asked for: {', '.join(str(c) for c in extra if c not in sent)}"
             )
+
+
+class GroupOptions:
+    """dhcp.group_options: a node's groups add to and override its subnet's dhcp.options.
+
+    Runs after the address stage (which set the subnet's) and before network_options
+    (which sends what the client asked for). Encoded once per config; the merged set
+    is cached per subnet and group list, so a storm of one group merges once.
+    """
+
+    def __init__(self, config: ConfigSource, nodes: NodeInventory) -> None:
+        self._config = config
+        self._nodes = nodes
+        self._for: Config | None = None
+        self._encoded: dict[str, dict[int, bytes]] = {}
+        self._merged: dict[tuple[int, tuple[str, ...]], dict[int, bytes]] = {}
+
+    def __call__(self, ex: Exchange) -> None:
+        cfg = self._config()
+        if not cfg.dhcp.group_options or ex.extra_options is None or ex.reply is None:
+            return
+        node = self._nodes.by_mac(ex.mac)
+        if node is None or not node.groups:
+            return
+        if self._for is not cfg:
+            self._for = cfg
+            self._encoded = {g: encode_options_config(o) for g, o in cfg.dhcp.group_options.items()}
+            self._merged = {}
+        key = (id(ex.extra_options), node.groups)
+        merged = self._merged.get(key)
+        if merged is None:
+            merged = dict(ex.extra_options)
+            for group in reversed(node.groups):  # the first group's codes end on top
+                merged.update(self._encoded.get(group, {}))
+            if len(self._merged) > 4096:
+                self._merged.clear()
+            self._merged[key] = merged
+        used = [g for g in node.groups if g in self._encoded]
+        if used:
+            ex.extra_options = merged
+            ex.note(f"dhcp.group_options of {', '.join(used)}")
 
 
 def known_clients(config: ConfigSource, nodes: NodeInventory) -> Callable[[Exchange], None]:
