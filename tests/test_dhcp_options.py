@@ -241,3 +241,24 @@ def test_group_options_errors_name_the_group() -> None:
     with pytest.raises(ConfigError) as ei:
         parse_config({"dhcp": {"group_options": {"gpu": {"ntp-servers": "x"}}}})
     assert ei.value.errors == ["dhcp.group_options: gpu: ntp-servers: 'x' is not an IPv4 address"]
+
+
+async def test_a_reload_changes_options_group_options_and_known_clients(tmp_path: Path) -> None:
+    b = Bench(tmp_path, options={"ntp-servers": ["10.0.0.1"]},
+              group_options={"storage": {"interface-mtu": 9000}})  # fmt: skip
+    node, stranger = "52:54:00:0a:02:01", "52:54:00:0a:02:02"
+    await b.nodes.upsert([Node(mac=node, groups=("storage",))])
+    got = (await b.lease(node, options=prl(42, 26))).options
+    assert got[42] == bytes([10, 0, 0, 1]) and int.from_bytes(got[26], "big") == 9000
+    # The stages read ctx.config per packet; a reload swaps it (as Daemon.reload does).
+    new = b.ctx.config.model_dump(by_alias=True)
+    new["dhcp"].update(
+        options={"ntp-servers": ["10.0.0.3"]},
+        group_options={"storage": {"interface-mtu": 4000}},
+        ignore_unknown_clients=True,
+    )
+    b.ctx.config = parse_config(new)
+    got = (await b.lease(node, options=prl(42, 26))).options
+    assert got[42] == bytes([10, 0, 0, 3]) and int.from_bytes(got[26], "big") == 4000
+    assert await b.ask(stranger, MessageType.DISCOVER) is None
+    b.db.close()
