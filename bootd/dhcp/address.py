@@ -28,6 +28,8 @@ class Network:
     options: dict[int, bytes]
     # dhcp.options (the top level's, then the subnet's own): sent when requested.
     extra: dict[int, bytes]
+    # Options 51, 58, 59: the lease time and RFC 2131 §4.4.5's T1 (0.5) and T2 (0.875).
+    lease_times: tuple[bytes, bytes, bytes]
 
     def contains(self, ip: str) -> bool:
         """ip is inside the subnet."""
@@ -36,6 +38,15 @@ class Network:
     def in_pool(self, ip: str) -> bool:
         """ip is inside the dynamic pool."""
         return self.pool is not None and self.pool[0] <= ip_to_int(ip) <= self.pool[1]
+
+
+def lease_times(seconds: int) -> tuple[bytes, bytes, bytes]:
+    """Options 51, 58 and 59 for a lease time: T1 = 0.5 and T2 = 0.875 of it."""
+    return (
+        seconds.to_bytes(4, "big"),
+        (seconds // 2).to_bytes(4, "big"),
+        (seconds * 7 // 8).to_bytes(4, "big"),
+    )
 
 
 def networks(config: Config) -> list[Network]:
@@ -57,6 +68,7 @@ def networks(config: Config) -> list[Network]:
                 pool,
                 subnet_options(sub),
                 extra,
+                lease_times(sub.lease_time),
             )
         )
     return out
@@ -153,17 +165,13 @@ class AddressStage:
     def _grant(self, ex: Exchange, net: Network, ip: str) -> None:
         assert ex.reply is not None
         ex.reply.yiaddr = ip
-        lt = net.cfg.lease_time
         opts = ex.reply.options
-        opts[Opt.LEASE_TIME] = lt.to_bytes(4, "big")
-        # RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease time.
-        opts[Opt.RENEWAL_TIME] = (lt // 2).to_bytes(4, "big")
-        opts[Opt.REBINDING_TIME] = (lt * 7 // 8).to_bytes(4, "big")
+        opts[Opt.LEASE_TIME], opts[Opt.RENEWAL_TIME], opts[Opt.REBINDING_TIME] = net.lease_times
 
     def __call__(self, ex: Exchange) -> None:
         """Fill yiaddr and lease times, or NAK, or act on DECLINE/RELEASE."""
         req = ex.request
-        mt = req.message_type
+        mt = ex.mt  # read by the skeleton stage, which runs first
         net = self.network_for(ex)
         if net is None:
             ex.drop(f"no subnet configured for relay {req.giaddr} (dhcp.relay_subnets)")

@@ -33,6 +33,8 @@ class Exchange:
     request: DhcpPacket
     now: float
     mac: str
+    # The request's option 53, read once by the skeleton stage for every later one.
+    mt: MessageType | None = None
     reply: DhcpPacket | None = None
     reply_type: MessageType | None = None
     subnet: SubnetConfig | None = None

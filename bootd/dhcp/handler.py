@@ -140,7 +140,7 @@ class DhcpHandler:
         now = self.ctx.clock()
         ex = Exchange(req, now, req.mac, local_port=local_port)
         run_stages(self.stages, ex)
-        mt = req.message_type
+        mt = ex.mt
         mtype = _LABEL[mt] if mt is not None else "none"
         if ex.reply is None or ex.reply_type is None:
             done = mt in (MessageType.DECLINE, MessageType.RELEASE)

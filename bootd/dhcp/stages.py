@@ -43,10 +43,10 @@ def skeleton(ex: Exchange) -> None:
     """Server mode: pick the reply type from the request type; DECLINE/RELEASE get none."""
     req = ex.request
     ex.phase = client_phase(ex)
+    mt = ex.mt = req.message_type
     if req.op != BOOTREQUEST:
         ex.drop("not a BOOTREQUEST")
         return
-    mt = req.message_type
     if mt is None:
         ex.drop("no DHCP message type (plain BOOTP is not served)")
         return
@@ -75,7 +75,7 @@ def proxy_skeleton(config: ConfigSource) -> Callable[[Exchange], None]:
 def _proxy(ex: Exchange, pxe_port: int) -> None:
     req = ex.request
     ex.phase = client_phase(ex)
-    mt = req.message_type
+    mt = ex.mt = req.message_type
     if req.op != BOOTREQUEST or mt is None:
         ex.drop("not a DHCP request")
         return
