@@ -109,6 +109,11 @@ async def test_import_leases_all_or_none(daemon: Daemon) -> None:
         assert "[4]: 'nope' is not a MAC address" in detail
         assert "[5]: 192.168.9.9 is in none of this server's subnets" in detail
         assert "[6]: expires: True is not a time" in detail
+        # Python's json reads NaN and Infinity; neither is a time.
+        for weird in (float("nan"), float("inf")):
+            one = [{"mac": "52:54:00:00:0c:04", "ip": "10.0.0.9", "expires": weird}]
+            async with s.post(url, json=one, headers=auth) as r:
+                assert r.status == 400 and "is not a time" in (await r.json())["detail"]
         twice = [*good, {"mac": "52:54:00:00:0c:03", "ip": "10.0.0.150", "expires": 2e9}]
         async with s.post(url, json=twice, headers=auth) as r:
             assert r.status == 409 and "comes twice" in (await r.json())["detail"]

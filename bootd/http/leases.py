@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +48,13 @@ def lease_from_dict(d: Any) -> Lease:
     except ValueError:
         raise ValueError(f"ip: {d.get('ip')!r} is not an IPv4 address") from None
     expires = d.get("expires")
-    if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
+    # Python's json reads NaN and Infinity: neither is a time (and inf breaks `remaining`).
+    if (
+        isinstance(expires, bool)
+        or not isinstance(expires, int | float)
+        or not math.isfinite(expires)
+        or expires <= 0
+    ):
         raise ValueError(f"expires: {expires!r} is not a time in epoch seconds")
     name = d.get("hostname")
     if name is not None and not isinstance(name, str):
