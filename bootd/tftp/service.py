@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import resource
 import select
 import socket
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from bootd.config import Config
 from bootd.context import Context, StartupError
 from bootd.logs import RateLimitedLog
 from bootd.proto.tftp.blocks import ByteSource, MemorySource, NetasciiBlocks, OctetBlocks
-from bootd.proto.tftp.options import MAX_BLKSIZE, Limits, negotiate
+from bootd.proto.tftp.options import Limits, negotiate
 from bootd.proto.tftp.packets import (
     MAX_REQUEST,
     Error,
@@ -30,14 +29,12 @@ from bootd.proto.tftp.transfer import Outcome, ReadTransfer
 from bootd.tftp.files import FileCache, Generated, SharedFile, ipxe_chain_script
 from bootd.tftp.jail import Refused, clean
 from bootd.tftp.session import Address, Session
+from bootd.tftp.tidsock import path_blksize, raise_fd_limit, tid_pair, tid_socket
 from bootd.udpgso import GsoSender
 
 log = logging.getLogger("bootd.tftp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
-IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux: the path MTU of a connected socket
-# IPv4 (no options), UDP and TFTP DATA headers: a block of path MTU - 32 is not fragmented.
-BLOCK_OVERHEAD = 20 + 8 + 4
 # Retransmit timers are checked this often; far below the 1 s minimum TFTP timeout.
 TICK = 0.05
 # A storm's RRQs (and, in single-port mode, every ACK) land on one socket.
@@ -91,7 +88,7 @@ class TftpService:
     async def start(self) -> None:
         """Bind tftp.port on all addresses; a busy port becomes a one-line StartupError."""
         self._loop = asyncio.get_running_loop()
-        _raise_fd_limit(3 * self.cfg.max_transfers + 256)  # two sockets per transfer
+        raise_fd_limit(3 * self.cfg.max_transfers + 256)  # two sockets per transfer
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -307,9 +304,7 @@ class TftpService:
         else:
             source = file = self._files.acquire(found)
         try:
-            sock, stranger = (
-                (self._sock, None) if self._single_port else self._tid_pair(local_ip, addr)
-            )
+            sock, stranger = (self._sock, None) if self._single_port else tid_pair(local_ip, addr)
         except OSError as exc:
             if file is not None:
                 self._files.release(file)
@@ -320,7 +315,7 @@ class TftpService:
         netascii = req.mode == "netascii"
         max_blksize = cfg.max_blksize
         if max_blksize == "auto":
-            max_blksize = self._path_blksize(sock if stranger is not None else None, addr)
+            max_blksize = path_blksize(sock if stranger is not None else None, addr)
         limits = Limits(max_blksize, cfg.max_windowsize, cfg.timeout, cfg.retries)
         params = negotiate(req.options, limits, None if netascii else source.size)
         blocks: NetasciiBlocks | OctetBlocks
@@ -345,65 +340,6 @@ class TftpService:
         except OSError as exc:
             self.read_failed(s, exc, now)
 
-    @staticmethod
-    def _path_blksize(connected: socket.socket | None, peer: Address) -> int:
-        """The largest block that reaches `peer` unfragmented: its path MTU less the headers.
-
-        The kernel knows the path MTU of a connected socket (the route's MTU, else what
-        PMTU discovery learned, else the interface's). In single-port mode a throwaway
-        socket is connected to ask: connecting a UDP socket sends nothing.
-        """
-        try:
-            if connected is not None:
-                mtu = connected.getsockopt(socket.IPPROTO_IP, IP_MTU)
-            else:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                    probe.connect(peer)
-                    mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
-        except OSError:
-            mtu = 1500  # no route known: assume Ethernet
-        return max(8, min(MAX_BLKSIZE, mtu - BLOCK_OVERHEAD))
-
-    def _tid_socket(self, local_ip: str) -> socket.socket:
-        # RFC 1350 §4: each transfer gets a fresh TID (port), from the address asked.
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setblocking(False)
-            s.bind((local_ip, 0))
-        except OSError:
-            s.close()
-            raise
-        return s
-
-    def _tid_pair(self, local_ip: str, peer: Address) -> tuple[socket.socket, socket.socket]:
-        """A fresh TID port with two sockets: one connected to the peer, one for strangers.
-
-        The kernel gives a datagram to the best-matching socket: the connected one for the
-        peer, the unconnected one for anyone else (RFC 1350 §4 wants those answered with
-        error 5). The port is picked without SO_REUSEADDR, so no earlier socket shares it;
-        the flag is on only while the second socket binds, then cleared on both, so no
-        later socket (another local user's, say) can bind the port and hijack the transfer.
-        """
-        stranger = self._tid_socket(local_ip)
-        try:
-            stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        except OSError:
-            stranger.close()
-            raise
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(stranger.getsockname())
-            sock.connect(peer)
-            for s in (stranger, sock):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        except OSError:
-            sock.close()
-            stranger.close()
-            raise
-        return sock, stranger
-
     def _refuse(self, r: Refused, req: Request, addr: Address, local_ip: str) -> None:
         self.ctx.metrics.tftp_transfers.labels(r.reason).inc()
         if r.reason not in ("not_found", "busy"):
@@ -425,7 +361,7 @@ class TftpService:
             if self._single_port and self._sock is not None:
                 self._sock.sendto(pkt, addr)
             else:
-                with self._tid_socket(local_ip) as s:
+                with tid_socket(local_ip) as s:
                     s.sendto(pkt, addr)
         except OSError as exc:
             log.debug("tftp: cannot send error to %s: %s", addr[0], exc)
@@ -496,11 +432,3 @@ class TftpService:
     def error_sent(self, code: int) -> None:
         """Count an ERROR packet we sent."""
         self.ctx.metrics.tftp_errors.labels(str(code)).inc()
-
-
-def _raise_fd_limit(wanted: int) -> None:
-    # Each transfer holds a socket; the usual soft limit of 1024 is below a storm.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
