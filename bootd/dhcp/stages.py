@@ -168,19 +168,20 @@ class GroupOptions:
             self._for = cfg
             self._encoded = {g: encode_options_config(o) for g, o in cfg.dhcp.group_options.items()}
             self._merged = {}
-        key = (id(ex.extra_options), node.groups)
+        used = tuple(g for g in node.groups if g in self._encoded)
+        if not used:
+            return
+        key = (id(ex.extra_options), used)
         merged = self._merged.get(key)
         if merged is None:
             merged = dict(ex.extra_options)
-            for group in reversed(node.groups):  # the first group's codes end on top
-                merged.update(self._encoded.get(group, {}))
+            for group in reversed(used):  # the first group's codes end on top
+                merged.update(self._encoded[group])
             if len(self._merged) > 4096:
                 self._merged.clear()
             self._merged[key] = merged
-        used = [g for g in node.groups if g in self._encoded]
-        if used:
-            ex.extra_options = merged
-            ex.note(f"dhcp.group_options of {', '.join(used)}")
+        ex.extra_options = merged
+        ex.note(f"dhcp.group_options of {', '.join(used)}")
 
 
 def known_clients(config: ConfigSource, nodes: NodeInventory) -> Callable[[Exchange], None]:
