@@ -15,7 +15,7 @@ from bootd.context import Context
 from bootd.dhcp.address import networks
 from bootd.http.problem import ProblemError, check_bearer, json_list_body, read_token
 from bootd.proto.dhcp import DhcpPacket, MessageType, Opt
-from bootd.proto.dhcp.options import client_hostname
+from bootd.proto.dhcp.options import host_label
 from bootd.store.leases import Lease, LeaseTable
 
 log = logging.getLogger("bootd.dhcp")
@@ -60,7 +60,7 @@ def lease_from_dict(d: Any) -> Lease:
     if name is not None and not isinstance(name, str):
         raise ValueError(f"hostname: {name!r} is not a string")
     # Kept only as a valid host name label, as for names clients send (option 12).
-    hostname = client_hostname({Opt.HOSTNAME: name.encode("utf-8", "replace")}) if name else None
+    hostname = host_label(name.encode("utf-8", "replace")) if name else None
     return Lease(mac, ip, float(expires), hostname)
 
 
@@ -73,11 +73,15 @@ def add_routes(app: web.Application, ctx: Context) -> None:
         rows = table.all() if isinstance(table, LeaseTable) else []
         return web.json_response([lease.to_dict(now) for lease in rows])
 
-    async def import_leases(request: web.Request) -> web.Response:
-        check_bearer(request, read_token(ctx.config.api.token_file))
+    def lease_table() -> LeaseTable:
         table = ctx.leases
         if not isinstance(table, LeaseTable):
             raise ProblemError(409, "DHCP disabled", "dhcp.enabled is false in this config")
+        return table
+
+    async def import_leases(request: web.Request) -> web.Response:
+        check_bearer(request, read_token(ctx.config.api.token_file))
+        table = lease_table()
         data = await json_list_body(request, "Bad leases", "leases")
         nets = networks(ctx.config)
         leases: list[Lease] = []
@@ -106,10 +110,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
             mac = normalize_mac(request.match_info["mac"])
         except ValueError as exc:
             raise ProblemError(400, "Bad MAC", str(exc)) from None
-        table = ctx.leases
-        if not isinstance(table, LeaseTable):
-            raise ProblemError(409, "DHCP disabled", "dhcp.enabled is false in this config")
-        lease, written = table.delete(mac)
+        lease, written = lease_table().delete(mac)
         await written  # the answer leaves once the row is gone from disk
         if lease is None:
             raise ProblemError(404, "No lease", f"{mac} has no lease")

@@ -198,8 +198,14 @@ def client_hostname(options: dict[int, bytes]) -> str | None:
         else:
             name = body.split(b".", 1)[0]
     if not name:
-        name = options.get(Opt.HOSTNAME, b"").split(b".", 1)[0]
-    name = name.rstrip(b"\0")
-    if not 1 <= len(name) <= 63 or not _LABEL_CHARS.issuperset(name) or name[:1] == b"-":
+        name = options.get(Opt.HOSTNAME, b"")
+    return host_label(name)
+
+
+def host_label(name: bytes) -> str | None:
+    """The first label of a host name, lower-cased; None unless it is a valid RFC 1123
+    label (a name from the wire or a file ends up in an API and a terminal)."""
+    label = name.split(b".", 1)[0].rstrip(b"\0")
+    if not 1 <= len(label) <= 63 or not _LABEL_CHARS.issuperset(label) or label[:1] == b"-":
         return None
-    return name.decode("ascii").lower()
+    return label.decode("ascii").lower()
