@@ -120,6 +120,19 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     b.db.close()
 
 
+def selecting_request(mac: str, ip: str) -> bytes:
+    """A SELECTING-state REQUEST for the address SERVER offered."""
+    return DhcpPacket(
+        xid=int(mac.replace(":", "")[-4:], 16),
+        chaddr=bytes.fromhex(mac.replace(":", "")) + bytes(10),
+        options={
+            Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST]),
+            Opt.REQUESTED_IP: ip_bytes(ip),
+            Opt.SERVER_ID: ip_bytes(SERVER),
+        },
+    ).encode()
+
+
 def mtype(p: DhcpPacket) -> MessageType | None:
     return p.message_type
 
@@ -631,15 +644,7 @@ async def test_acks_leave_through_a_token_bucket(
         offered[mac] = got[0].yiaddr
 
     def request(mac: str) -> bytes:
-        return DhcpPacket(
-            xid=0x2100 + macs.index(mac),
-            chaddr=bytes.fromhex(mac.replace(":", "")) + bytes(10),
-            options={
-                Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST]),
-                Opt.REQUESTED_IP: ip_bytes(offered[mac]),
-                Opt.SERVER_ID: ip_bytes(SERVER),
-            },
-        ).encode()
+        return selecting_request(mac, offered[mac])
 
     loop = asyncio.get_running_loop()
     try:
@@ -665,6 +670,57 @@ async def test_acks_leave_through_a_token_bucket(
             b.handler.handle(request(mac), ("0.0.0.0", 68), 67)
         await b.handler.drain(10)
         assert len(b.sent) == 8
+    finally:
+        b.db.close()
+
+
+async def test_leases_arriving_under_load_share_one_store_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a quiet spell a lease is written at once; while requests stream in (a
+    write went out less than BUSY ago) the next ones wait up to HOLD and go as one."""
+    from bootd.dhcp import handler as handler_mod
+
+    monkeypatch.setattr(handler_mod, "HOLD", 0.2)  # long enough for a slow machine
+    b = Bench(tmp_path)
+    macs = [f"52:54:00:00:22:{i:02x}" for i in range(4)]
+    offered = {}
+    for mac in macs:
+        got = await b.ask(mac, MessageType.DISCOVER)
+        assert got is not None
+        offered[mac] = got[0].yiaddr
+    writes: list[list[str]] = []
+    persist = b.leases.persist
+
+    def spy(leases: list[Any]) -> Any:
+        writes.append([lease.mac for lease in leases])
+        return persist(leases)
+
+    monkeypatch.setattr(b.leases, "persist", spy)
+    try:
+        b.sent.clear()
+        for mac in macs[:3]:  # three loop turns, one REQUEST each
+            b.handler.handle(selecting_request(mac, offered[mac]), ("0.0.0.0", 68), 67)
+            await asyncio.sleep(0)
+        assert writes == [[macs[0]]]  # the first at once; the others are held
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while len(b.sent) < 3:
+            await asyncio.sleep(0.005)
+            assert loop.time() - start < 5
+        assert writes == [[macs[0]], macs[1:3]]
+        assert all(p.message_type is MessageType.ACK for p, _ in b.sent)
+        assert {p.yiaddr for p, _ in b.sent} == {offered[m] for m in macs[:3]}
+        # Held leases are written at shutdown too, and their ACKs leave.
+        b.handler.handle(selecting_request(macs[3], offered[macs[3]]), ("0.0.0.0", 68), 67)
+        await asyncio.sleep(0)
+        assert len(writes) == 2
+        await b.handler.drain(10)
+        assert writes[2] == [macs[3]] and len(b.sent) == 4
+        # Every one of them is on disk.
+        fresh = LeaseTable(b.db, b.ctx.clock, lambda ip: None)
+        fresh.load()
+        assert {x.mac for x in fresh.all()} == set(macs)
     finally:
         b.db.close()
 
