@@ -106,6 +106,7 @@ async def count(n: int, tmp: Path) -> tuple[float, float, int, OpcodeCounter, Op
             metrics=Metrics(),
             clock=time.time,
         )
+        ctx.timeline.load()  # as the daemon does: a MAC it has not seen needs no query
         leases = LeaseTable(db, ctx.clock, lambda ip: None)
         sent: list[bytes] = []
         handler = DhcpHandler(ctx, leases, build_stages(ctx, leases), lambda w, d: sent.append(w))
