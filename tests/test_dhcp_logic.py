@@ -101,6 +101,15 @@ class Bench:
         await self.handler.drain(10)
         return self.sent[-1] if len(self.sent) > before else None
 
+    async def offers(self, macs: list[str]) -> dict[str, str]:
+        """DISCOVER from each MAC: the address each was offered."""
+        offered = {}
+        for mac in macs:
+            got = await self.ask(mac, MessageType.DISCOVER)
+            assert got is not None
+            offered[mac] = got[0].yiaddr
+        return offered
+
     async def lease(self, mac: str, **opts: Any) -> DhcpPacket:
         """DISCOVER → OFFER → REQUEST → ACK."""
         got = await self.ask(mac, MessageType.DISCOVER, **opts)
@@ -637,11 +646,7 @@ async def test_acks_leave_through_a_token_bucket(
     monkeypatch.setattr(handler_mod, "ACK_RATE", 20.0)
     b = Bench(tmp_path, pool="10.0.0.100-10.0.0.150")
     macs = [f"52:54:00:00:21:{i:02x}" for i in range(20)]
-    offered = {}
-    for mac in macs:
-        got = await b.ask(mac, MessageType.DISCOVER)
-        assert got is not None
-        offered[mac] = got[0].yiaddr
+    offered = await b.offers(macs)
 
     def request(mac: str) -> bytes:
         return selecting_request(mac, offered[mac])
@@ -684,11 +689,7 @@ async def test_leases_arriving_under_load_share_one_store_write(
     monkeypatch.setattr(handler_mod, "HOLD", 0.2)  # long enough for a slow machine
     b = Bench(tmp_path)
     macs = [f"52:54:00:00:22:{i:02x}" for i in range(4)]
-    offered = {}
-    for mac in macs:
-        got = await b.ask(mac, MessageType.DISCOVER)
-        assert got is not None
-        offered[mac] = got[0].yiaddr
+    offered = await b.offers(macs)
     writes: list[list[str]] = []
     persist = b.leases.persist
 
