@@ -37,6 +37,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.dhcp_ack_wait_seconds = Histogram(
+            "bootd_dhcp_ack_wait_seconds",
+            "Per lease write: how long its oldest ACK waited for the lease to be durable "
+            "(gathering under load, then the commit and fsync)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.dhcp_active_leases = Gauge(
             "bootd_dhcp_active_leases", "Leases not expired", registry=r
         )

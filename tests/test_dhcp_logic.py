@@ -718,6 +718,12 @@ async def test_leases_arriving_under_load_share_one_store_write(
         assert len(writes) == 2
         await b.handler.drain(10)
         assert writes[2] == [macs[3]] and len(b.sent) == 4
+        # One wait observed per write.
+        (hist,) = b.ctx.metrics.dhcp_ack_wait_seconds.collect()
+        samples = {x.name: x.value for x in hist.samples}
+        assert samples["bootd_dhcp_ack_wait_seconds_count"] == 3
+        # The held write waited out HOLD (0.2 s here).
+        assert 0.2 <= samples["bootd_dhcp_ack_wait_seconds_sum"] < loop.time() - start + 1
         # Every one of them is on disk.
         fresh = LeaseTable(b.db, b.ctx.clock, lambda ip: None)
         fresh.load()

@@ -110,6 +110,7 @@ class DhcpHandler:
         self._in_flight = 0
         # ACKs whose leases wait up to HOLD to join one write; see BUSY.
         self._held: list[PendingAck] = []
+        self._held_since = 0.0  # when the oldest held ACK's burst ended (monotonic)
         self._hold_timer: asyncio.TimerHandle | None = None
         self._last_persist = float("-inf")
         # Durable ACKs waiting for a token, oldest first.
@@ -214,6 +215,8 @@ class DhcpHandler:
         self._flush_scheduled = False
         acks, self._acks = self._acks, []
         if acks:
+            if not self._held:
+                self._held_since = time.monotonic()
             self._held += acks
             if self._hold_timer is None:
                 if time.monotonic() - self._last_persist < BUSY:
@@ -237,7 +240,8 @@ class DhcpHandler:
             return
         self._last_persist = time.monotonic()
         written = self.leases.persist([lease for _, lease, _, _ in acks])
-        task = asyncio.get_running_loop().create_task(self._send_when(written, acks))
+        since = self._held_since
+        task = asyncio.get_running_loop().create_task(self._send_when(written, acks, since))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -247,7 +251,9 @@ class DhcpHandler:
             self._count("request", "store-error")
         self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
 
-    async def _send_when(self, written: Awaitable[object], acks: list[PendingAck]) -> None:
+    async def _send_when(
+        self, written: Awaitable[object], acks: list[PendingAck], since: float
+    ) -> None:
         """ACKs leave only once their leases are committed and fsynced (one batch, one fsync)."""
         try:
             await written
@@ -260,6 +266,8 @@ class DhcpHandler:
         self._in_flight -= len(acks)
         self._outbox.extend((wire, dest) for _, _, wire, dest in acks)
         self.send_acks()
+        # One observation per write: how long its oldest ACK waited for the disk.
+        self.ctx.metrics.dhcp_ack_wait_seconds.observe(time.monotonic() - since)
         now = self.ctx.clock()
         record = self.ctx.timeline.record
         for ex, lease, _, _ in acks:
