@@ -42,15 +42,16 @@ ACK_RATE = 20000.0
 ACK_BURST = 16
 # Group commit under load, in the daemon: when a burst's leases went to the store
 # less than BUSY ago, requests are streaming in, and the next bursts' leases are
-# held for a timer of HOLD and handed over as one write. The timer runs when the loop
+# held on a timer of HOLD and handed over as one write. The timer runs when the loop
 # gets to it: under load the socket adapter reads bursts back to back for up to its
 # READ_BUDGET, so writes then leave every 10-25 ms (median interval 10.5-24 ms, 40-90
 # leases a write, at 4,000 leases/s pinned) and an ACK waits that much longer. That
 # saves, per burst, a pickled job, a send that wakes the writer, a future, a task and
 # most commits (~290 us of the writer's CPU each): 277-285 -> 240-242 us of CPU a
-# lease. Checking the deadline after every burst as well (writes every 5.7 ms) gave
-# back most of it (250-280 us); a 640-client avalanche's last ACK leaves at 135-150 ms
-# instead of 110-120, inside perfdhcp's first check at ~200 ms.
+# lease. Checking the deadline after every burst as well (a write every ~6 ms) gave
+# most of that back (245-280 us). In a 640-client avalanche the last ACK left 132-163
+# ms after the first DISCOVER (105-169 without the hold, in the same minutes), inside
+# perfdhcp's first check at ~200 ms.
 BUSY = 0.020
 HOLD = 0.002
 
@@ -108,7 +109,7 @@ class DhcpHandler:
         self._events: list[tuple[str, str, str, float, str]] = []
         self._flush_scheduled = False
         self._in_flight = 0
-        # ACKs whose leases wait up to HOLD to join one write; see BUSY.
+        # ACKs whose leases wait on the HOLD timer to join one write.
         self._held: list[PendingAck] = []
         self._held_since = 0.0  # when the oldest held ACK's burst ended (monotonic)
         self._hold_timer: asyncio.TimerHandle | None = None
