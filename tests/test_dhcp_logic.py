@@ -686,7 +686,10 @@ async def test_leases_arriving_under_load_share_one_store_write(
     write went out less than BUSY ago) the next ones wait up to HOLD and go as one."""
     from bootd.dhcp import handler as handler_mod
 
-    monkeypatch.setattr(handler_mod, "HOLD", 0.2)  # long enough for a slow machine
+    # Long enough for a slow machine: a stall between two loop turns must not end
+    # the busy spell, nor the hold before the test looks.
+    monkeypatch.setattr(handler_mod, "BUSY", 5.0)
+    monkeypatch.setattr(handler_mod, "HOLD", 0.2)
     b = Bench(tmp_path)
     macs = [f"52:54:00:00:22:{i:02x}" for i in range(4)]
     offered = await b.offers(macs)
