@@ -13,7 +13,6 @@ from bootd.proto.dhcp import MessageType, Opt
 from bootd.proto.dhcp.options import client_hostname
 from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.leases import LeaseTable, ip_to_int
-from bootd.store.nodes import NodeInventory
 
 
 @dataclass(frozen=True)
@@ -88,10 +87,9 @@ def client_state(ex: Exchange) -> str:
 class AddressStage:
     """Reservations from the inventory, leases and offers from the table, pool addresses."""
 
-    def __init__(self, config: ConfigSource, leases: LeaseTable, nodes: NodeInventory) -> None:
+    def __init__(self, config: ConfigSource, leases: LeaseTable) -> None:
         self._config = config
         self._leases = leases
-        self._nodes = nodes
         self._cache: tuple[Config, list[Network]] | None = None
 
     def networks(self) -> list[Network]:
@@ -116,7 +114,7 @@ class AddressStage:
         """Whether `ip` may be bound to this client now."""
         if not net.contains(ip):
             return False
-        node = self._nodes.by_mac(ex.mac)
+        node = ex.node
         if node is not None and node.ip is not None and net.contains(node.ip):
             if ip == node.ip:
                 return self._leases.is_free(ip, ex.mac, ex.now)
@@ -133,7 +131,7 @@ class AddressStage:
     def choose(self, ex: Exchange, net: Network) -> str | None:
         """Reservation, else this MAC's previous address or offer, else requested, else the pool."""
         mac, now = ex.mac, ex.now
-        node = self._nodes.by_mac(mac)
+        node = ex.node
         if node is not None and node.ip is not None:
             if not net.contains(node.ip):
                 ex.note(f"reservation {node.ip} is outside {net.cfg.subnet}: using the pool")
@@ -237,7 +235,7 @@ class AddressStage:
                 return
             ex.nak(f"{want} is not available to this client")
             return
-        node = self._nodes.by_mac(ex.mac)
+        node = ex.node
         expires = ex.now + net.cfg.lease_time
         # The inventory's name, else the one the client sent (option 81 or 12), as
         # dnsmasq and Kea record it: `bootd leases` then names dynamic clients too.

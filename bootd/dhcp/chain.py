@@ -10,7 +10,7 @@ from bootd.dhcp.netboot import BootFiles, NetbootStage
 from bootd.dhcp.stages import (
     GroupOptions,
     hostname,
-    known_clients,
+    inventory,
     network_options,
     proxy_skeleton,
     relay_agent_echo,
@@ -21,25 +21,25 @@ from bootd.store.leases import LeaseTable
 
 
 def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
-    """skeleton → known clients → identity → address → group options → network options →
-    netboot → hostname → option 82 echo."""
+    """skeleton → inventory (the node, looked up once) → identity → address → group
+    options → network options → netboot → hostname → option 82 echo."""
 
     def config() -> Config:
         return ctx.config
 
-    netboot = NetbootStage(config, BootFiles(), ctx.nodes)
-    known = known_clients(config, ctx.nodes)
+    netboot = NetbootStage(config, BootFiles())
+    node = inventory(config, ctx.nodes)
     if ctx.config.dhcp.mode == "proxy":
-        return [proxy_skeleton(config), known, server_identity(config), netboot]
+        return [proxy_skeleton(config), node, server_identity(config), netboot]
     return [
         skeleton,
-        known,
+        node,
         server_identity(config),
-        AddressStage(config, leases, ctx.nodes),
-        GroupOptions(config, ctx.nodes),
+        AddressStage(config, leases),
+        GroupOptions(config),
         network_options,
         netboot,
-        hostname(ctx.nodes),
+        hostname,
         relay_agent_echo,
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bootd.boot.node import Node
 from bootd.config.dhcp import SubnetConfig
 from bootd.proto.dhcp import BOOTREPLY, DhcpPacket, MessageType, Opt
 from bootd.store.leases import Lease
@@ -35,6 +36,8 @@ class Exchange:
     mac: str
     # The request's option 53, read once by the skeleton stage for every later one.
     mt: MessageType | None = None
+    # The node inventory's entry for this MAC, looked up once by the inventory stage.
+    node: Node | None = None
     reply: DhcpPacket | None = None
     reply_type: MessageType | None = None
     subnet: SubnetConfig | None = None

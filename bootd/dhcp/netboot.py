@@ -10,7 +10,6 @@ from bootd.dhcp.exchange import Exchange
 from bootd.dhcp.stages import ConfigSource
 from bootd.proto.dhcp import Opt
 from bootd.proto.dhcp.options import ip_bytes
-from bootd.store.nodes import NodeInventory
 
 # RFC 4578 §2.1: architecture 16 is x86-64 UEFI HTTP boot.
 ARCH_HTTP = 16
@@ -66,10 +65,9 @@ def arch_of(ex: Exchange) -> int | None:
 class NetbootStage:
     """Boot file or URL, siaddr/next-server, option 60 echo, PXE vendor options."""
 
-    def __init__(self, config: ConfigSource, files: BootFiles, nodes: NodeInventory) -> None:
+    def __init__(self, config: ConfigSource, files: BootFiles) -> None:
         self._config = config
         self._files = files
-        self._nodes = nodes
 
     def __call__(self, ex: Exchange) -> None:
         """Add boot information for PXE, HTTP-boot and iPXE clients; others get none."""
@@ -134,7 +132,7 @@ class NetbootStage:
         """dhcp.group_boot_files: the first of the node's groups that names this arch."""
         if not by_group:
             return None
-        node = self._nodes.by_mac(ex.mac)
+        node = ex.node
         for group in node.groups if node is not None else ():
             name = by_group.get(group, {}).get(arch)
             if name is not None:

@@ -150,9 +150,8 @@ class GroupOptions:
     is cached per subnet and group list, so a storm of one group merges once.
     """
 
-    def __init__(self, config: ConfigSource, nodes: NodeInventory) -> None:
+    def __init__(self, config: ConfigSource) -> None:
         self._config = config
-        self._nodes = nodes
         self._for: Config | None = None
         self._encoded: dict[str, dict[int, bytes]] = {}
         self._merged: dict[tuple[int, tuple[str, ...]], dict[int, bytes]] = {}
@@ -161,7 +160,7 @@ class GroupOptions:
         cfg = self._config()
         if not cfg.dhcp.group_options or ex.extra_options is None or ex.reply is None:
             return
-        node = self._nodes.by_mac(ex.mac)
+        node = ex.node
         if node is None or not node.groups:
             return
         if self._for is not cfg:
@@ -184,28 +183,25 @@ class GroupOptions:
         ex.note(f"dhcp.group_options of {', '.join(used)}")
 
 
-def known_clients(config: ConfigSource, nodes: NodeInventory) -> Callable[[Exchange], None]:
-    """dhcp.ignore_unknown_clients: no reply at all to a MAC the node inventory lacks."""
+def inventory(config: ConfigSource, nodes: NodeInventory) -> Callable[[Exchange], None]:
+    """The node inventory's entry for this MAC, looked up once for every later stage
+    (reservation, groups, host name); with dhcp.ignore_unknown_clients, no reply at all
+    to a MAC the inventory lacks."""
 
     def stage(ex: Exchange) -> None:
-        if config().dhcp.ignore_unknown_clients and nodes.by_mac(ex.mac) is None:
+        ex.node = nodes.by_mac(ex.mac)
+        if ex.node is None and config().dhcp.ignore_unknown_clients:
             ex.drop("not in the node inventory (dhcp.ignore_unknown_clients)", "unknown-client")
 
     return stage
 
 
-def hostname(nodes: NodeInventory) -> Callable[[Exchange], None]:
+def hostname(ex: Exchange) -> None:
     """Option 12 from the node inventory."""
-
-    def stage(ex: Exchange) -> None:
-        if ex.reply is None:
-            return
-        node = nodes.by_mac(ex.mac)
-        if node is not None and node.hostname:
-            ex.reply.options[Opt.HOSTNAME] = node.hostname.encode()
-            ex.note(f"hostname {node.hostname} from the node inventory")
-
-    return stage
+    node = ex.node
+    if ex.reply is not None and node is not None and node.hostname:
+        ex.reply.options[Opt.HOSTNAME] = node.hostname.encode()
+        ex.note(f"hostname {node.hostname} from the node inventory")
 
 
 def relay_agent_echo(ex: Exchange) -> None:
