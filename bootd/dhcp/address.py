@@ -48,8 +48,23 @@ def lease_times(seconds: int) -> tuple[bytes, bytes, bytes]:
     )
 
 
+# The last config's networks: the address stage, the free-address gauge (every
+# scrape) and lease imports all ask, and a config is not changed once parsed (a reload
+# makes a new one).
+_last: tuple[Config, list[Network]] | None = None
+
+
 def networks(config: Config) -> list[Network]:
-    """The local subnet first, then the relayed ones."""
+    """The local subnet first, then the relayed ones; parsed and encoded once per config."""
+    global _last
+    if _last is not None and _last[0] is config:
+        return _last[1]
+    out = _networks(config)
+    _last = (config, out)
+    return out
+
+
+def _networks(config: Config) -> list[Network]:
     out = []
     common = encode_options_config(config.dhcp.options)
     for sub in [config.dhcp, *config.dhcp.relay_subnets]:
@@ -90,14 +105,10 @@ class AddressStage:
     def __init__(self, config: ConfigSource, leases: LeaseTable) -> None:
         self._config = config
         self._leases = leases
-        self._cache: tuple[Config, list[Network]] | None = None
 
     def networks(self) -> list[Network]:
         """Parsed subnets of the current config (re-parsed after a reload)."""
-        cfg = self._config()
-        if self._cache is None or self._cache[0] is not cfg:
-            self._cache = (cfg, networks(cfg))
-        return self._cache[1]
+        return networks(self._config())
 
     def network_for(self, ex: Exchange) -> Network | None:
         """RFC 2131 §4.3.1: the relay's subnet when giaddr is set, else the local one."""
