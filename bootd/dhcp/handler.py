@@ -216,11 +216,12 @@ class DhcpHandler:
         self._flush_scheduled = False
         acks, self._acks = self._acks, []
         if acks:
+            mono = time.monotonic()
             if not self._held:
-                self._held_since = time.monotonic()
+                self._held_since = mono
             self._held += acks
             if self._hold_timer is None:
-                if time.monotonic() - self._last_persist < BUSY:
+                if mono - self._last_persist < BUSY:
                     loop = asyncio.get_running_loop()
                     self._hold_timer = loop.call_later(HOLD, self._persist_held)
                 else:
