@@ -103,6 +103,27 @@ def test_long_option_is_split_and_concatenated_rfc3396() -> None:
     assert back.options[77] == value and back.options[224] == b"x"
 
 
+def test_encoded_options_do_not_depend_on_the_wire_memo() -> None:
+    # The encoder remembers each (code, value) pair's wire form. The same options give
+    # the same bytes whether remembered or not, from bytes or an (unhashable) bytearray;
+    # PAD and END are never written as options; the memo stays within its bound.
+    from bootd.proto.dhcp import options as codec
+
+    opts = {Opt.MESSAGE_TYPE: b"\x02", Opt.SERVER_ID: b"\x0a\x00\x00\x01", 0: b"", 255: b""}
+    codec._WIRE.clear()
+    first = encode_options(opts)
+    assert first == bytes.fromhex("35010236040a000001ff")
+    assert encode_options(opts) == first  # now from the memo
+    as_bytearray = {c: bytearray(v) for c, v in opts.items()}
+    assert encode_options(as_bytearray) == first
+    long = {Opt.USER_CLASS: bytearray(300)}
+    assert encode_options(long) == encode_options({Opt.USER_CLASS: bytes(300)})
+    for i in range(codec._WIRE_MAX + 10):
+        encode_options({Opt.UUID_GUID: i.to_bytes(17, "big")})
+        assert len(codec._WIRE) <= codec._WIRE_MAX
+    assert encode_options(opts) == first
+
+
 def test_overload_option_52_reads_file_then_sname() -> None:
     p = DhcpPacket(options={Opt.MESSAGE_TYPE: b"\x01", Opt.OVERLOAD: b"\x03"})
     # Option 12 starts in the options area and continues in file, then sname (RFC 3396 §7).

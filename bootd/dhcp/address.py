@@ -9,7 +9,14 @@ from bootd.config import Config
 from bootd.config.dhcp import SubnetConfig, parse_range
 from bootd.dhcp.exchange import ZERO, Exchange
 from bootd.dhcp.stages import ConfigSource, subnet_options
-from bootd.proto.dhcp import MessageType, Opt
+from bootd.proto.dhcp import (
+    DHCPDECLINE,
+    DHCPDISCOVER,
+    DHCPINFORM,
+    DHCPRELEASE,
+    DHCPREQUEST,
+    Opt,
+)
 from bootd.proto.dhcp.options import client_hostname
 from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.leases import LeaseTable, ip_to_int
@@ -188,7 +195,7 @@ class AddressStage:
         ex.subnet = net.cfg
         ex.subnet_options = net.options
         ex.extra_options = net.extra
-        if mt == MessageType.DISCOVER:
+        if mt == DHCPDISCOVER:
             ip = self.choose(ex, net)
             if ip is None:
                 ex.drop(f"pool exhausted in {net.cfg.subnet}", "exhausted")
@@ -199,9 +206,9 @@ class AddressStage:
                 ex.drop("too many pending offers", "overload")
                 return
             self._grant(ex, net, ip)
-        elif mt == MessageType.REQUEST:
+        elif mt == DHCPREQUEST:
             self._request(ex, net)
-        elif mt == MessageType.DECLINE:
+        elif mt == DHCPDECLINE:
             ip = req.ip_option(Opt.REQUESTED_IP)
             lease = self._leases.lease(ex.mac)
             ours = ip is not None and (
@@ -211,11 +218,11 @@ class AddressStage:
                 self._leases.decline(ex.mac, ip, ex.now, self._config().dhcp.decline_quarantine)
             ex.done = True
             ex.note(f"DECLINE of {ip}: {'quarantined' if ours else 'not this client address'}")
-        elif mt == MessageType.RELEASE:
+        elif mt == DHCPRELEASE:
             released = not ex.dry_run and self._leases.release(ex.mac, req.ciaddr, ex.now)
             ex.done = True
             ex.note(f"RELEASE of {req.ciaddr}: {'freed' if released else 'no such lease'}")
-        elif mt == MessageType.INFORM:
+        elif mt == DHCPINFORM:
             ex.note("INFORM: options only, no lease (RFC 2131 §4.3.5)")
 
     def _request(self, ex: Exchange, net: Network) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from bootd.boot.node import Node
 from bootd.config.dhcp import SubnetConfig
-from bootd.proto.dhcp import BOOTREPLY, DhcpPacket, MessageType, Opt
+from bootd.proto.dhcp import BOOTREPLY, DHCPNAK, DhcpPacket, MessageType, Opt
 from bootd.store.leases import Lease
 
 ZERO = "0.0.0.0"
@@ -34,6 +34,8 @@ class Exchange:
     request: DhcpPacket
     now: float
     mac: str
+    # The port the request arrived on (proxy mode answers DISCOVER on 67, REQUEST on 4011).
+    local_port: int = 67
     # The request's option 53, read once by the skeleton stage for every later one.
     mt: MessageType | None = None
     # The node inventory's entry for this MAC, looked up once by the inventory stage.
@@ -53,8 +55,6 @@ class Exchange:
     why: list[str] = field(default_factory=list)
     # Timeline stage and event this exchange implies ('dhcp', 'start') etc.
     phase: str = "dhcp-linux"
-    # The port the request arrived on (proxy mode answers DISCOVER on 67, REQUEST on 4011).
-    local_port: int = 67
     # Metric result label when there is no reply: ignored, exhausted, overload.
     outcome: str = ""
 
@@ -74,10 +74,10 @@ class Exchange:
         """Replace the reply with a DHCPNAK (RFC 2131 §4.3.2); nothing else is added."""
         req = self.request
         sid = self.reply.options.get(Opt.SERVER_ID) if self.reply is not None else None
-        self.reply = base_reply(req, MessageType.NAK)
+        self.reply = base_reply(req, DHCPNAK)
         if sid is not None:
             self.reply.options[Opt.SERVER_ID] = sid
-        self.reply_type = MessageType.NAK
+        self.reply_type = DHCPNAK
         self.commit = None
         self.done = True
         self.note(f"NAK: {reason}")

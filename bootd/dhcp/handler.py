@@ -15,7 +15,19 @@ from bootd.context import Context
 from bootd.dhcp.address import client_state
 from bootd.dhcp.exchange import ZERO, Exchange, Stage, run_stages
 from bootd.logs import RateLimitedLog
-from bootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode
+from bootd.proto.dhcp import (
+    DHCPACK,
+    DHCPDECLINE,
+    DHCPDISCOVER,
+    DHCPINFORM,
+    DHCPNAK,
+    DHCPRELEASE,
+    DHCPREQUEST,
+    DhcpDecodeError,
+    DhcpPacket,
+    MessageType,
+    decode,
+)
 from bootd.ratelimit import TokenBucket
 from bootd.store.leases import Lease, LeaseTable
 
@@ -157,12 +169,12 @@ class DhcpHandler:
             self.malformed("bad-hlen", f"htype {req.htype} hlen {req.hlen} is not Ethernet", source)
             return
         now = self.ctx.clock()
-        ex = Exchange(req, now, req.mac, local_port=local_port)
+        ex = Exchange(req, now, req.mac, local_port)
         run_stages(self.stages, ex)
         mt = ex.mt
         mtype = _LABEL[mt] if mt is not None else "none"
         if ex.reply is None or ex.reply_type is None:
-            done = mt in (MessageType.DECLINE, MessageType.RELEASE)
+            done = mt in (DHCPDECLINE, DHCPRELEASE)
             result = ex.outcome or ("done" if done else "ignored")
             self._count(mtype, result)
             if ex.outcome in ("exhausted", "overload", "unknown-client"):
@@ -176,12 +188,12 @@ class DhcpHandler:
             return
         wire = ex.reply.encode()
         dest = destination(
-            req, ex.reply, ex.reply_type == MessageType.NAK, source, self._is_pxe_port(local_port)
+            req, ex.reply, ex.reply_type == DHCPNAK, source, self._is_pxe_port(local_port)
         )
         if ex.commit is None:
             self._count(mtype, _LABEL[ex.reply_type])
             self.send(wire, dest)
-            if ex.reply_type == MessageType.ACK and mt == MessageType.INFORM:
+            if ex.reply_type == DHCPACK and mt == DHCPINFORM:
                 self._event(ex.mac, ex.phase, "event", now, "inform")
             self._timeline_start(ex, mt)
             if self.ctx.config.dhcp.mode == "proxy":
@@ -295,9 +307,9 @@ class DhcpHandler:
         self.send_acks()
 
     def _timeline_start(self, ex: Exchange, mt: MessageType | None) -> None:
-        if mt == MessageType.DISCOVER:
+        if mt == DHCPDISCOVER:
             self._event(ex.mac, ex.phase, "start", ex.now)
-        elif mt == MessageType.REQUEST and client_state(ex) == "INIT-REBOOT":
+        elif mt == DHCPREQUEST and client_state(ex) == "INIT-REBOOT":
             tl = self.ctx.timeline.get(ex.mac)
             rec = tl.stages.get(ex.phase) if tl is not None else None
             if rec is None or rec.end is not None:

@@ -77,9 +77,8 @@ class NetbootStage:
         cfg = self._config()
         req = ex.request
         vc = req.vendor_class
-        base = cfg.http_base_url
         if ex.phase == "dhcp-ipxe":  # set by the skeleton from user-class/option 175
-            url = bootscript_url(base, ex.mac)
+            url = bootscript_url(cfg.http_base_url, ex.mac)
             self._set_file(ex, url.encode(), cfg.address)
             ex.note(f"iPXE client (user-class iPXE or option 175): boot script {url}")
             if cfg.dhcp.mode == "proxy":
@@ -112,7 +111,7 @@ class NetbootStage:
             ex.note(f"{name} for architecture {arch} is not under {cfg.tftp.root}: no boot file")
             return
         if http_client or arch == ARCH_HTTP:
-            url = f"{base}/tftp/{name}"
+            url = f"{cfg.http_base_url}/tftp/{name}"
             reply.options[Opt.VENDOR_CLASS] = b"HTTPClient"
             self._set_file(ex, url.encode(), cfg.address)
             ex.note(f"HTTP boot (arch {arch}): {url}, option 60 HTTPClient echoed")

@@ -8,7 +8,17 @@ from collections.abc import Callable
 from bootd.config import Config
 from bootd.config.dhcp import SubnetConfig
 from bootd.dhcp.exchange import ZERO, Exchange, base_reply
-from bootd.proto.dhcp import BOOTREQUEST, MessageType, Opt
+from bootd.proto.dhcp import (
+    BOOTREQUEST,
+    DHCPACK,
+    DHCPDECLINE,
+    DHCPDISCOVER,
+    DHCPINFORM,
+    DHCPOFFER,
+    DHCPRELEASE,
+    DHCPREQUEST,
+    Opt,
+)
 from bootd.proto.dhcp.options import ip_bytes
 from bootd.proto.dhcp.optvalues import encode_options_config
 from bootd.store.nodes import NodeInventory
@@ -17,9 +27,9 @@ ConfigSource = Callable[[], Config]
 
 # What the server answers to each client message type (RFC 2131 §3.1, §3.4, §4.3).
 _ANSWER = {
-    MessageType.DISCOVER: MessageType.OFFER,
-    MessageType.REQUEST: MessageType.ACK,
-    MessageType.INFORM: MessageType.ACK,
+    DHCPDISCOVER: DHCPOFFER,
+    DHCPREQUEST: DHCPACK,
+    DHCPINFORM: DHCPACK,
 }
 
 
@@ -50,7 +60,7 @@ def skeleton(ex: Exchange) -> None:
     if mt is None:
         ex.drop("no DHCP message type (plain BOOTP is not served)")
         return
-    if mt in (MessageType.DECLINE, MessageType.RELEASE):
+    if mt in (DHCPDECLINE, DHCPRELEASE):
         ex.note(f"{mt.name}: no reply")
         return
     answer = _ANSWER.get(mt)
@@ -59,7 +69,7 @@ def skeleton(ex: Exchange) -> None:
         return
     ex.reply = base_reply(req, answer)
     ex.reply_type = answer
-    if mt == MessageType.INFORM or (mt == MessageType.REQUEST and req.ciaddr != ZERO):
+    if mt == DHCPINFORM or (mt == DHCPREQUEST and req.ciaddr != ZERO):
         ex.reply.ciaddr = req.ciaddr
 
 
@@ -82,10 +92,10 @@ def _proxy(ex: Exchange, pxe_port: int) -> None:
     if not req.vendor_class.startswith(("PXEClient", "HTTPClient")):
         ex.drop("proxy mode answers only PXEClient/HTTPClient (option 60)")
         return
-    if mt == MessageType.DISCOVER and ex.local_port != pxe_port:
-        answer = MessageType.OFFER
-    elif mt in (MessageType.REQUEST, MessageType.INFORM) and ex.local_port == pxe_port:
-        answer = MessageType.ACK
+    if mt == DHCPDISCOVER and ex.local_port != pxe_port:
+        answer = DHCPOFFER
+    elif mt in (DHCPREQUEST, DHCPINFORM) and ex.local_port == pxe_port:
+        answer = DHCPACK
     else:
         ex.drop(f"proxy mode does not answer {mt.name} on port {ex.local_port}")
         return

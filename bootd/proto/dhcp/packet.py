@@ -32,6 +32,7 @@ BROADCAST_FLAG = 0x8000
 # Option 53 byte → MessageType without the (slow) Enum call on the hot path.
 _MESSAGE_TYPES = {int(m): m for m in MessageType}
 ZERO_IP = "0.0.0.0"
+_ZERO4 = bytes(4)
 
 
 @dataclass(slots=True)
@@ -106,10 +107,11 @@ class DhcpPacket:
             self.xid,
             self.secs,
             self.flags,
-            ip_bytes(self.ciaddr),
-            ip_bytes(self.yiaddr),
-            ip_bytes(self.siaddr),
-            ip_bytes(self.giaddr),
+            # Most of these are unset in any one reply: no call for those.
+            _ZERO4 if self.ciaddr == ZERO_IP else ip_bytes(self.ciaddr),
+            _ZERO4 if self.yiaddr == ZERO_IP else ip_bytes(self.yiaddr),
+            _ZERO4 if self.siaddr == ZERO_IP else ip_bytes(self.siaddr),
+            _ZERO4 if self.giaddr == ZERO_IP else ip_bytes(self.giaddr),
             self.chaddr,
             self.sname,
             self.file,
