@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from socket import inet_aton, inet_ntoa
 
 from bootd.store.db import Database, Migration
@@ -41,11 +42,18 @@ _UPSERT = (
 MAX_PENDING_OFFERS = 65536
 
 
+# Pure, and asked about the same addresses several times a packet (subnet, pool,
+# reservation checks): a bounded memo in C (~120 ns a hit, ~600 to convert here).
+ADDRESS_MEMO = 4096
+
+
+@lru_cache(maxsize=ADDRESS_MEMO)
 def ip_to_int(ip: str) -> int:
     """Dotted quad → integer."""
     return int.from_bytes(inet_aton(ip), "big")
 
 
+@lru_cache(maxsize=ADDRESS_MEMO)
 def int_to_ip(n: int) -> str:
     """Integer → dotted quad."""
     return inet_ntoa(n.to_bytes(4, "big"))
