@@ -52,6 +52,25 @@ STALE_AFTER = 2.0
 _CMSG_SPACE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(16)
 
 
+_IPPROTO_IP = socket.IPPROTO_IP
+_SOL_SOCKET = socket.SOL_SOCKET
+_INT = struct.Struct("i")
+_TIMEVAL = struct.Struct("qq")
+
+
+def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
+    """(arrival interface index, kernel receive time) from IP_PKTINFO and SO_TIMESTAMP."""
+    ifindex: int | None = None
+    arrived: float | None = None
+    for level, kind, value in anc:
+        if kind == IP_PKTINFO and level == _IPPROTO_IP and len(value) >= 4:
+            ifindex = _INT.unpack_from(value)[0]
+        elif kind == SO_TIMESTAMP and level == _SOL_SOCKET and len(value) >= 16:
+            sec, usec = _TIMEVAL.unpack_from(value)
+            arrived = sec + usec / 1e6
+    return ifindex, arrived
+
+
 class DhcpService:
     """Server or proxy DHCP on dhcp.port (and dhcp.proxy_port in proxy mode)."""
 
@@ -176,6 +195,9 @@ class DhcpService:
 
     def _read_burst(self, sock: socket.socket, port: int) -> bool:
         """Handle up to BURST datagrams; False once the socket is drained."""
+        handle, want_ifindex = self.handler.handle, self._ifindex
+        # A burst is read in well under a millisecond: one clock read serves it.
+        stale_before = time.time() - STALE_AFTER
         for _ in range(BURST):
             try:
                 data, anc, _flags, addr = sock.recvmsg(4096, _CMSG_SPACE)
@@ -184,35 +206,22 @@ class DhcpService:
             except OSError as exc:
                 self._log.warning("dhcp:recv", "dhcp: receive failed: %s", exc)
                 return False
-            ifindex, arrived = self._ancillary(anc)
-            if self._ifindex is not None and ifindex is not None and ifindex != self._ifindex:
+            ifindex, arrived = _ancillary(anc)
+            if want_ifindex is not None and ifindex is not None and ifindex != want_ifindex:
                 self.handler.malformed("wrong-interface", "arrived on another interface", addr)
                 continue
-            if arrived is not None and time.time() - arrived > STALE_AFTER:
+            if arrived is not None and arrived < stale_before:
                 self.ctx.metrics.dhcp_messages.labels("any", "stale").inc()
                 self._log.warning(
                     "dhcp:stale", "dhcp: skipped requests older than %.0fs (overload)", STALE_AFTER
                 )
                 continue
             try:
-                self.handler.handle(data, addr, port)
+                handle(data, addr, port)
             except Exception:  # a bug must cost one packet, not the service
                 self.ctx.metrics.malformed.labels("dhcp", "internal-error").inc()
                 log.exception("dhcp: internal error handling a packet from %s", addr[0])
         return True
-
-    @staticmethod
-    def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
-        """(arrival interface index, kernel receive time) from IP_PKTINFO and SO_TIMESTAMP."""
-        ifindex: int | None = None
-        arrived: float | None = None
-        for level, kind, value in anc:
-            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 4:
-                ifindex = struct.unpack_from("i", value)[0]
-            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= 16:
-                sec, usec = struct.unpack_from("qq", value)
-                arrived = sec + usec / 1e6
-        return ifindex, arrived
 
     def _send(self, wire: bytes, dest: Destination) -> None:
         self._outq.append((wire, dest))
