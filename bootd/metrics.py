@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,6 +14,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
 )
+from prometheus_client.core import HistogramMetricFamily
 
 # Boot stages are measured from power-on; a storm's last node may take minutes.
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -70,12 +75,11 @@ class Metrics:
             registry=r,
         )
         self.http_bytes = Counter("bootd_http_bytes", "HTTP body bytes sent", ["route"], registry=r)
-        self.boot_stage_seconds = Histogram(
+        self.boot_stage_seconds = StageHistogram(
             "bootd_boot_stage_seconds",
             "Time from power-on until a boot stage ended",
-            ["stage"],
-            buckets=STAGE_BUCKETS,
-            registry=r,
+            STAGE_BUCKETS,
+            r,
         )
         self.nodes_booted = Counter("bootd_nodes_booted", "Boots that phoned home", registry=r)
         self.malformed = Counter(
@@ -99,3 +103,53 @@ class Metrics:
         self.store_commits = Gauge(
             "bootd_store_commits", "SQLite transactions committed by the group writer", registry=r
         )
+
+
+class StageHistogram:
+    """A histogram labelled by boot stage, kept by hand and exported as one.
+
+    Every node's every stage end is observed (twice a lease in a DHCP storm), and
+    prometheus-client's Histogram.observe takes a lock for its bucket and one for its
+    sum: ~2.3 us here, against ~0.3 for a bisect and two list updates. It is updated
+    and scraped on the event loop only, so it needs no lock.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = sorted(float(b) for b in buckets)
+        # Per stage: a count per bucket (an observation lands in the first whose upper
+        # bound is >= it; the last is +Inf), then the sum. Stage names come from the
+        # services' fixed sets: bounded.
+        self._stages: dict[str, list[float]] = {}
+        registry.register(self)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        """One stage ended `seconds` after power-on."""
+        counts = self._stages.get(stage)
+        if counts is None:
+            counts = self._stages[stage] = [0.0] * (len(self._bounds) + 2)
+        counts[bisect_left(self._bounds, seconds)] += 1
+        counts[-1] += seconds
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        """The family without samples (so registering does not collect)."""
+        yield HistogramMetricFamily(self.name, self.documentation, labels=["stage"])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """Cumulative buckets, sum and count per stage, as prometheus-client exports them."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["stage"])
+        bounds = [*(_bound(b) for b in self._bounds), "+Inf"]
+        for stage, counts in sorted(self._stages.items()):
+            cumulative = list(accumulate(counts[:-1]))
+            family.add_metric(
+                [stage], list(zip(bounds, cumulative, strict=True)), sum_value=counts[-1]
+            )
+        yield family
+
+
+def _bound(b: float) -> str:
+    # As prometheus-client writes an upper bound: 1.0, 0.5, 1800.0.
+    return repr(float(b))

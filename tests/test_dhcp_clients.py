@@ -234,6 +234,8 @@ def test_relayed_request_is_answered_to_the_relay(lab: tuple[VethLab, LabBootd, 
     relayed = [ip for _, ip in leases_in_db(bootd.cfg) if ip.startswith("10.1.0.")]
     assert len(relayed) >= 8, r["text"]
     assert bootd.metric("bootd_dhcp_messages_total", type="request", result="ack") > 0
+    # Each ACK ended its client's DHCP stage in the timeline, and the stage histogram saw it.
+    assert bootd.metric("bootd_boot_stage_seconds_count", stage="dhcp-linux") >= len(relayed)
 
 
 def test_bad_input_counted_and_logged_once(lab: tuple[VethLab, LabBootd, Path]) -> None:

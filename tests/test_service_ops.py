@@ -163,6 +163,38 @@ def test_metrics_parse_and_move(bootd_proc: BootdProcess) -> None:
     assert "bootd_store_commits" in names
 
 
+def test_stage_histogram_exports_as_prometheus_client_does() -> None:
+    # bootd_boot_stage_seconds is kept by hand (observed on every stage end); its
+    # exposition must be what prometheus-client's own Histogram writes for the same data.
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from bootd.metrics import STAGE_BUCKETS, StageHistogram
+
+    ours_reg, theirs_reg = CollectorRegistry(), CollectorRegistry()
+    ours = StageHistogram("bootd_boot_stage_seconds", "doc", STAGE_BUCKETS, ours_reg)
+    theirs = Histogram(
+        "bootd_boot_stage_seconds", "doc", ["stage"], buckets=STAGE_BUCKETS, registry=theirs_reg
+    )
+    for stage, seconds in [
+        ("dhcp", 0.2), ("dhcp", 0.5), ("dhcp", 0.51), ("tftp", 3.0), ("tftp", 20.0),
+        ("booted", 1800.0), ("booted", 4000.0), ("dhcp", 0.0),
+    ]:  # fmt: skip
+        ours.observe(stage, seconds)
+        theirs.labels(stage).observe(seconds)
+
+    def samples(reg: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        text = generate_latest(reg).decode()
+        return sorted(
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours_reg) == samples(theirs_reg)
+    assert ("bootd_boot_stage_seconds_count", (("stage", "dhcp"),), 4.0) in samples(ours_reg)
+
+
 def test_json_logs_carry_fields(cfg_dict: dict[str, Any], tmp_path: Path) -> None:
     cfg_dict["log"] = {"format": "json", "level": "info"}
     path = write_config(tmp_path, cfg_dict)
