@@ -22,7 +22,7 @@ STAGES: tuple[str, ...] = (
 NEW_BOOT_AFTER = 900.0
 
 
-@dataclass
+@dataclass(slots=True)
 class StageRecord:
     """When a stage started (first and last attempt), ended, and what it moved."""
 
@@ -40,7 +40,7 @@ class StageRecord:
         return self.attempts - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeTimeline:
     """One boot of one node."""
 

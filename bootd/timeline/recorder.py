@@ -77,16 +77,18 @@ class TimelineRecorder:
         if tl is None or tl.is_new_boot(stage, now):
             if tl is not None:
                 boot_id = tl.boot_id + 1
+                del self._nodes[mac]  # the new boot goes in last, as the most recent
             else:
                 boot_id = 1 if self._complete else self._next_boot_id(mac)
             tl = NodeTimeline(mac, boot_id, now, now)
             self._nodes[mac] = tl
             if boot_id > BOOTS_KEPT_PER_NODE:
                 self._prune(mac, boot_id)
-        self._nodes.move_to_end(mac)
-        while len(self._nodes) > MAX_NODES_IN_MEMORY:
-            self._nodes.popitem(last=False)
-            self._complete = False
+            while len(self._nodes) > MAX_NODES_IN_MEMORY:
+                self._nodes.popitem(last=False)
+                self._complete = False
+        else:
+            self._nodes.move_to_end(mac)
         tl.record(stage, event, now, nbytes, detail)
         self._rows.append((mac, tl.boot_id, stage, event, now, nbytes, detail))
         if not self._flush_scheduled:
