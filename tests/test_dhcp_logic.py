@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -58,6 +59,7 @@ class Bench:
             "tftp": {"root": str(tftp)},
             "http": {"port": 8080},
         }
+        self.raw = cfg
         self.now = 1_000_000.0
         self.db = Database(tmp / "bootd.sqlite3")
         self.db.open([*leases_store.SCHEMA, *nodes_store.SCHEMA, *timeline_store.SCHEMA])
@@ -483,6 +485,18 @@ async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> Non
     assert list(offer.options)[-1] == 82 and offer.options[82] == agent  # RFC 3046 echo
     unknown = await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1")
     assert unknown is None
+    # Each relay's subnet is looked up once per config: the second asks get the same answers.
+    again = await bench.ask("52:54:00:00:0b:03", MessageType.DISCOVER, giaddr="10.1.0.1")
+    assert again is not None and again[0].yiaddr == "10.1.0.51"
+    assert await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1") is None
+    # A reload that adds the relay's subnet answers it.
+    raw = copy.deepcopy(bench.raw)
+    raw["dhcp"]["relay_subnets"].append(
+        {"subnet": "172.16.0.0/24", "pool": "172.16.0.10-172.16.0.20"}
+    )
+    bench.ctx.config = parse_config(raw)
+    got = await bench.ask("52:54:00:00:0b:02", MessageType.DISCOVER, giaddr="172.16.0.1")
+    assert got is not None and got[0].yiaddr == "172.16.0.10"
 
 
 async def test_unicast_reply_to_yiaddr_pins_arp(bench: Bench) -> None:

@@ -112,21 +112,29 @@ class AddressStage:
     def __init__(self, config: ConfigSource, leases: LeaseTable) -> None:
         self._config = config
         self._leases = leases
-
-    def networks(self) -> list[Network]:
-        """Parsed subnets of the current config (re-parsed after a reload)."""
-        return networks(self._config())
+        self._relays_for: Config | None = None
+        self._relays: dict[str, Network | None] = {}
 
     def network_for(self, ex: Exchange) -> Network | None:
         """RFC 2131 §4.3.1: the relay's subnet when giaddr is set, else the local one."""
-        nets = self.networks()
+        cfg = self._config()
+        nets = networks(cfg)
         gi = ex.request.giaddr
         if gi == ZERO:
             return nets[0]
-        for net in (*nets[1:], nets[0]):
-            if net.contains(gi):
-                return net
-        return None
+        if self._relays_for is not cfg:
+            self._relays_for, self._relays = cfg, {}
+        # Every request through a relay names it: one scan of the subnets per relay
+        # address and config (bounded: cleared past 4,096 relay addresses).
+        try:
+            return self._relays[gi]
+        except KeyError:
+            pass
+        found = next((net for net in (*nets[1:], nets[0]) if net.contains(gi)), None)
+        if len(self._relays) >= 4096:
+            self._relays.clear()
+        self._relays[gi] = found
+        return found
 
     def acceptable(self, ex: Exchange, net: Network, ip: str) -> bool:
         """Whether `ip` may be bound to this client now."""
