@@ -30,15 +30,17 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
     netboot = NetbootStage(config, BootFiles())
     node = inventory(config, ctx.nodes)
     if ctx.config.dhcp.mode == "proxy":
-        return [proxy_skeleton(config), node, server_identity(config), netboot]
+        return [proxy_skeleton(config), node, server_identity(config), netboot.__call__]
+    # Bound __call__ methods rather than the instances: calling an instance goes
+    # through its type's slot lookup every time, on every stage of every packet.
     return [
         skeleton,
         node,
         server_identity(config),
-        AddressStage(config, leases),
-        GroupOptions(config),
+        AddressStage(config, leases).__call__,
+        GroupOptions(config).__call__,
         network_options,
-        netboot,
+        netboot.__call__,
         hostname,
         relay_agent_echo,
     ]
