@@ -76,7 +76,7 @@ class NetbootStage:
             return
         cfg = self._config()
         req = ex.request
-        vc = req.vendor_class
+        vc = req.options.get(Opt.VENDOR_CLASS, b"")  # bytes: no text decode per packet
         if ex.phase == "dhcp-ipxe":  # set by the skeleton from user-class/option 175
             url = bootscript_url(cfg.http_base_url, ex.mac)
             self._set_file(ex, url.encode(), cfg.address)
@@ -86,15 +86,15 @@ class NetbootStage:
                 # when it carries option 60 "PXEClient" (iPXE's dhcp_discovery_rx);
                 # without the echo it would ignore us and boot what the other server
                 # named.
-                if vc.startswith("PXEClient"):
+                if vc.startswith(b"PXEClient"):
                     reply.options[Opt.VENDOR_CLASS] = b"PXEClient"
                     reply.options[Opt.VENDOR_SPECIFIC] = PXE_VENDOR_OPTIONS
             else:
                 reply.options[Opt.IPXE_ENCAP] = IPXE_NO_PXEDHCP
                 ex.note("option 175.176 no-pxedhcp: iPXE need not wait for ProxyDHCP")
             return
-        http_client = vc.startswith("HTTPClient")
-        if not (http_client or vc.startswith("PXEClient")):
+        http_client = vc.startswith(b"HTTPClient")
+        if not (http_client or vc.startswith(b"PXEClient")):
             ex.note("not a PXE or HTTP-boot client (option 60): no boot file")
             return
         arch = arch_of(ex)

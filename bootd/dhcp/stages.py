@@ -33,6 +33,10 @@ _ANSWER = {
 }
 
 
+# Option 60 prefixes of firmware boot clients (PXE 2.1, UEFI HTTP boot).
+_BOOT_CLIENTS = (b"PXEClient", b"HTTPClient")
+
+
 def is_ipxe(ex: Exchange) -> bool:
     """iPXE identifies itself by user-class 'iPXE' (77) or its encapsulated option 175."""
     req = ex.request
@@ -43,8 +47,8 @@ def client_phase(ex: Exchange) -> str:
     """Timeline stage: firmware PXE → dhcp, iPXE → dhcp-ipxe, anything else → dhcp-linux."""
     if is_ipxe(ex):
         return "dhcp-ipxe"
-    vc = ex.request.vendor_class
-    if vc.startswith(("PXEClient", "HTTPClient")):
+    # Option 60's bytes as they came: no text decode on the per-packet path.
+    if ex.request.options.get(Opt.VENDOR_CLASS, b"").startswith(_BOOT_CLIENTS):
         return "dhcp"
     return "dhcp-linux"
 
