@@ -162,6 +162,6 @@ def decode(data: bytes) -> DhcpPacket:
     # starts with NUL (the usual sname and file) is an empty C string.
     return DhcpPacket(
         op, htype, hlen, hops, xid, secs, flags, ip_str(ci), ip_str(yi), ip_str(si), ip_str(gi),
-        chaddr, _cstr(sname) if sname[:1] != b"\0" else b"",
-        _cstr(file) if file[:1] != b"\0" else b"", options,
+        chaddr, _cstr(sname) if sname and sname[0] else b"",
+        _cstr(file) if file and file[0] else b"", options,
     )  # fmt: skip
