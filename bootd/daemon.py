@@ -86,7 +86,6 @@ class Daemon:
         self.db = Database(config.state_dir / "bootd.sqlite3")
         self.ctx: Context | None = None
         self.services: list[Service] = []
-        # Label children cached: .labels() takes a lock and hashes on every call.
 
     def _observe_stage(self, tl: NodeTimeline, stage: str, event: str, now: float) -> None:
         if event == "end" or event == "event":
