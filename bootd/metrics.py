@@ -15,6 +15,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # Boot stages are measured from power-on; a storm's last node may take minutes.
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -141,15 +142,11 @@ class StageHistogram:
     def collect(self) -> Iterator[HistogramMetricFamily]:
         """Cumulative buckets, sum and count per stage, as prometheus-client exports them."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=["stage"])
-        bounds = [*(_bound(b) for b in self._bounds), "+Inf"]
+        # The library's own formatting of an upper bound (it is untyped).
+        bounds = [*(floatToGoString(b) for b in self._bounds), "+Inf"]  # type: ignore[no-untyped-call]
         for stage, counts in sorted(self._stages.items()):
             cumulative = list(accumulate(counts[:-1]))
             family.add_metric(
                 [stage], list(zip(bounds, cumulative, strict=True)), sum_value=counts[-1]
             )
         yield family
-
-
-def _bound(b: float) -> str:
-    # As prometheus-client writes an upper bound: 1.0, 0.5, 1800.0.
-    return repr(float(b))

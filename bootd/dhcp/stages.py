@@ -93,7 +93,7 @@ def _proxy(ex: Exchange, pxe_port: int) -> None:
     if req.op != BOOTREQUEST or mt is None:
         ex.drop("not a DHCP request")
         return
-    if not req.vendor_class.startswith(("PXEClient", "HTTPClient")):
+    if not req.options.get(Opt.VENDOR_CLASS, b"").startswith(_BOOT_CLIENTS):
         ex.drop("proxy mode answers only PXEClient/HTTPClient (option 60)")
         return
     if mt == DHCPDISCOVER and ex.local_port != pxe_port:
