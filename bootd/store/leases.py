@@ -58,9 +58,9 @@ def ip_to_int(ip: str) -> int:
     return int.from_bytes(inet_aton(ip), "big")
 
 
-@lru_cache(maxsize=ADDRESS_MEMO)
 def int_to_ip(n: int) -> str:
     """Integer → dotted quad."""
+    # No memo: its one caller, the pool scan, asks about a new address each time.
     return inet_ntoa(n.to_bytes(4, "big"))
 
 
