@@ -138,21 +138,24 @@ class DhcpHandler:
         self._counters: dict[tuple[str, str], Counter] = {}
         self._tally: dict[tuple[str, str], int] = {}
 
-    def _count(self, mtype: str, result: str, n: int = 1) -> None:
+    def _count(self, mtype: str, result: str) -> None:
         # Tallied here and added to the counter once per burst, in flush(): an inc()
         # takes prometheus-client's lock (~1 us), a tally ~0.1.
         key = (mtype, result)
-        self._tally[key] = self._tally.get(key, 0) + n
+        self._tally[key] = self._tally.get(key, 0) + 1
         self._schedule_flush()
+
+    def _counter(self, key: tuple[str, str]) -> Counter:
+        c = self._counters.get(key)
+        if c is None:
+            # Keys are message-type and result names from fixed sets: bounded.
+            c = self._counters[key] = self.ctx.metrics.dhcp_messages.labels(*key)
+        return c
 
     def _count_tally(self) -> None:
         tally, self._tally = self._tally, {}
         for key, n in tally.items():
-            c = self._counters.get(key)
-            if c is None:
-                # Keys are message-type and result names from fixed sets: bounded.
-                c = self._counters[key] = self.ctx.metrics.dhcp_messages.labels(*key)
-            c.inc(n)
+            self._counter(key).inc(n)
 
     def _malformed(self, reason: str) -> None:
         self.ctx.metrics.malformed.labels("dhcp", reason).inc()
@@ -271,8 +274,7 @@ class DhcpHandler:
 
     def _store_failed(self, acks: list[PendingAck], exc: Exception) -> None:
         self._in_flight -= len(acks)
-        self._count("request", "store-error", len(acks))
-        self._count_tally()  # outside a burst: no flush() follows
+        self._counter(("request", "store-error")).inc(len(acks))
         self._logged.warning("dhcp:store", "dhcp: lease write failed, no ACK: %s", exc)
 
     async def _send_when(
@@ -293,8 +295,7 @@ class DhcpHandler:
         # One observation per write: how long its oldest ACK waited for the disk.
         self.ctx.metrics.dhcp_ack_wait_seconds.observe(time.monotonic() - since)
         now = self.ctx.clock()
-        self._count("request", "ack", len(acks))
-        self._count_tally()  # outside a burst: no flush() follows
+        self._counter(("request", "ack")).inc(len(acks))  # one inc() a write
         record = self.ctx.timeline.record
         for ex, lease, _, _ in acks:
             record(ex.mac, ex.phase, "end", now, detail=lease.ip)
