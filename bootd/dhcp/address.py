@@ -55,20 +55,39 @@ def lease_times(seconds: int) -> tuple[bytes, bytes, bytes]:
     )
 
 
-# The last config's networks: the address stage, the free-address gauge (every
-# scrape) and lease imports all ask, and a config is not changed once parsed (a reload
-# makes a new one).
-_last: tuple[Config, list[Network]] | None = None
+# The last config's networks, and which of them each relay address seen so far is
+# in: the address stage, the free-address gauge (every scrape) and lease imports all
+# ask, and a config is not changed once parsed (a reload makes a new one).
+_last: tuple[Config, list[Network], dict[str, Network | None]] | None = None
+# Relay addresses remembered per config: every request through a relay names it.
+RELAYS_REMEMBERED = 4096
+
+
+def _memo(config: Config) -> tuple[Config, list[Network], dict[str, Network | None]]:
+    global _last
+    if _last is None or _last[0] is not config:
+        _last = (config, _networks(config), {})
+    return _last
 
 
 def networks(config: Config) -> list[Network]:
     """The local subnet first, then the relayed ones; parsed and encoded once per config."""
-    global _last
-    if _last is not None and _last[0] is config:
-        return _last[1]
-    out = _networks(config)
-    _last = (config, out)
-    return out
+    return _memo(config)[1]
+
+
+def relay_network(config: Config, giaddr: str) -> Network | None:
+    """RFC 2131 §4.3.1: the subnet holding a relay's giaddr (a relayed one first, then the
+    local one); one scan per relay address and config."""
+    _, nets, relays = _memo(config)
+    try:
+        return relays[giaddr]
+    except KeyError:
+        pass
+    found = next((net for net in (*nets[1:], nets[0]) if net.contains(giaddr)), None)
+    if len(relays) >= RELAYS_REMEMBERED:
+        relays.clear()
+    relays[giaddr] = found
+    return found
 
 
 def _networks(config: Config) -> list[Network]:
@@ -112,29 +131,12 @@ class AddressStage:
     def __init__(self, config: ConfigSource, leases: LeaseTable) -> None:
         self._config = config
         self._leases = leases
-        self._relays_for: Config | None = None
-        self._relays: dict[str, Network | None] = {}
 
     def network_for(self, ex: Exchange) -> Network | None:
         """RFC 2131 §4.3.1: the relay's subnet when giaddr is set, else the local one."""
         cfg = self._config()
-        nets = networks(cfg)
         gi = ex.request.giaddr
-        if gi == ZERO:
-            return nets[0]
-        if self._relays_for is not cfg:
-            self._relays_for, self._relays = cfg, {}
-        # Every request through a relay names it: one scan of the subnets per relay
-        # address and config (bounded: cleared past 4,096 relay addresses).
-        try:
-            return self._relays[gi]
-        except KeyError:
-            pass
-        found = next((net for net in (*nets[1:], nets[0]) if net.contains(gi)), None)
-        if len(self._relays) >= 4096:
-            self._relays.clear()
-        self._relays[gi] = found
-        return found
+        return networks(cfg)[0] if gi == ZERO else relay_network(cfg, gi)
 
     def acceptable(self, ex: Exchange, net: Network, ip: str) -> bool:
         """Whether `ip` may be bound to this client now."""
