@@ -1,5 +1,8 @@
 """`python -m bench.tftp`: bootd vs dnsmasq vs tftpd-hpa, same lab, same client, same run.
 
+Also run: `bench.tftp.floor` (pyfloor), a bare Python lockstep loop that shows how
+close to dnsmasq any Python server can come at windowsize 1.
+
 The client is tftpload.c (built with cc here; one epoll loop for all transfers,
 every block checked against the file), so that the servers, not the client, set
 the pace on a 2-core machine. `--client python` runs the asyncio client instead.
@@ -192,6 +195,10 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
                 p = get(peer, scenario, ws) or get(peer, scenario, 1)
                 out[f"{scenario}: bootd ws{ws} / {peer}"] = round(b / p, 2) if b and p else None
             base = get("bootd", scenario, 1)
+            floor, peer = get("pyfloor", scenario, 1), get("dnsmasq", scenario, 1)
+            if ws == 1 and floor and peer:
+                # The bare Python loop (bench.tftp.floor): how near any Python server gets.
+                out[f"{scenario}: pyfloor ws1 / dnsmasq"] = round(floor / peer, 2)
             if ws > 1:
                 out[f"{scenario}: bootd ws{ws} / bootd ws1"] = (
                     round(b / base, 2) if b and base else None
@@ -206,7 +213,12 @@ def main() -> int:
     ap.add_argument("--large-mb", type=int, default=32)
     ap.add_argument("--windows", default="1,16,64")
     ap.add_argument("--blksize", type=int, default=1468)
-    ap.add_argument("--servers", default="bootd,dnsmasq,tftpd-hpa")
+    ap.add_argument(
+        "--servers",
+        default="bootd,dnsmasq,tftpd-hpa,pyfloor",
+        help="comma-separated; pyfloor is bench.tftp.floor, the least a Python server does "
+        "per block: a yardstick for the windowsize-1 target, not a peer",
+    )
     ap.add_argument(
         "--repeat",
         type=int,

@@ -116,4 +116,19 @@ def start_tftpd_hpa(lab: VethLab, root: Path, work: Path) -> Server:
     return Server("tftpd-hpa", proc, log, False, lab)
 
 
-STARTERS = {"bootd": start_bootd, "dnsmasq": start_dnsmasq, "tftpd-hpa": start_tftpd_hpa}
+def start_pyfloor(lab: VethLab, root: Path, work: Path) -> Server:
+    """bench.tftp.floor: the bare Python lockstep loop, a yardstick rather than a peer."""
+    log = work / "pyfloor.log"
+    proc = _spawn(lab, [sys.executable, "-m", "bench.tftp.floor", str(root), lab.server_ip], log)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        raise RuntimeError(f"bench.tftp.floor exited:\n{log.read_text()}")
+    return Server("pyfloor", proc, log, False, lab)
+
+
+STARTERS = {
+    "bootd": start_bootd,
+    "dnsmasq": start_dnsmasq,
+    "tftpd-hpa": start_tftpd_hpa,
+    "pyfloor": start_pyfloor,
+}
