@@ -232,9 +232,19 @@ class ReadTransfer:
             return []
         wait = self._rto_base * self._backoff
         self.deadline = now + (wait if wait < self._max_wait else self._max_wait)
+        nxt = acked + 1
+        if self._ws == 1 and nxt > self._sent and last is not None:
+            # Lockstep, a block never sent before: nearly every ACK of a firmware client.
+            # What _send_window does for it, without the cases a window needs.
+            pkt = blocks.packet(nxt)
+            self._window_sent_at = now
+            self._sent = self._window_end = nxt
+            if nxt == last:
+                self._tail = len(pkt) - 4
+            return [pkt]
         # RFC 7440 §4: an ACK inside the window means blocks after it were lost;
         # the next window starts right after the acknowledged block either way.
-        return self._send_window(acked + 1, now)
+        return self._send_window(nxt, now)
 
     def on_timeout(self, now: float) -> list[bytes]:
         """The deadline passed: resend the OACK or the window, or give up after `retries`."""
