@@ -170,7 +170,11 @@ async def test_dora_gives_address_and_options(bench: Bench) -> None:
 async def test_no_address_twice_and_exhaustion_counted(bench: Bench) -> None:
     ips = {(await bench.lease(f"52:54:00:00:01:{i:02x}")).yiaddr for i in range(4)}
     assert ips == {"10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.103"}
-    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 0
+    assert bench.leases.free_count([(0x0A000064, 0x0A000067)]) == 0
+    # Several pools at once, each counted against the same busy set, bounds included:
+    # .100-.101 (both busy), .102-.106 (two busy), .1 (free).
+    pools = [(0x0A000064, 0x0A000065), (0x0A000066, 0x0A00006A), (0x0A000001, 0x0A000001)]
+    assert bench.leases.free_count(pools) == 0 + 3 + 1
     assert await bench.ask("52:54:00:00:01:99", MessageType.DISCOVER) is None
     assert bench.ctx.metrics.dhcp_messages.labels("discover", "exhausted")._value.get() == 1
     # The leases are untouched by the failure.
@@ -200,11 +204,11 @@ async def test_an_expired_leases_address_moves_to_another_mac_on_disk_too(
 
 
 async def test_offer_holds_address_until_timeout(bench: Bench) -> None:
-    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 4
+    assert bench.leases.free_count([(0x0A000064, 0x0A000067)]) == 4
     a = await bench.ask("52:54:00:00:02:01", MessageType.DISCOVER)
     b = await bench.ask("52:54:00:00:02:02", MessageType.DISCOVER)
     assert a and b and a[0].yiaddr != b[0].yiaddr
-    assert bench.leases.free_count(0x0A000064, 0x0A000067) == 2
+    assert bench.leases.free_count([(0x0A000064, 0x0A000067)]) == 2
     bench.now += 31  # offer_timeout 30 s
     for i in range(3, 7):
         await bench.lease(f"52:54:00:00:02:{i:02x}")
@@ -789,6 +793,36 @@ async def test_a_bursts_replies_to_one_destination_leave_as_one_gso_send(tmp_pat
                         break
             assert sorted(got) == list(range(1, 17))
             assert batches == [16] and gso.gso
+
+
+async def test_the_free_address_gauge_counts_every_pool(tmp_path: Path) -> None:
+    """bootd_dhcp_free_addresses: the local pool and each relay subnet's, in one scrape."""
+    dhcp = {
+        "enabled": True,
+        "port": free_port(socket.SOCK_DGRAM),
+        "subnet": "127.0.0.0/8",
+        "pool": "127.0.0.100-127.0.0.109",
+        "relay_subnets": [
+            {"subnet": "10.1.0.0/24", "pool": "10.1.0.50-10.1.0.60"},
+            {"subnet": "10.2.0.0/24", "pool": "10.2.0.1-10.2.0.1"},
+        ],
+    }
+    d = Daemon(parse_config(base_config(tmp_path, dhcp=dhcp, http={"enabled": False})))
+    await d.start()
+    try:
+        svc = d.services[0]
+        assert isinstance(svc, DhcpService)
+
+        def gauge() -> float:
+            (family,) = d.ctx.metrics.dhcp_free_addresses.collect()
+            return family.samples[0].value
+
+        assert gauge() == 10 + 11 + 1
+        svc.leases.hold_offer("52:54:00:00:0f:01", "10.1.0.50", d.ctx.clock(), 3600)
+        svc.leases.hold_offer("52:54:00:00:0f:02", "10.2.0.1", d.ctx.clock(), 3600)
+        assert gauge() == 10 + 10 + 0
+    finally:
+        await d.stop()
 
 
 @contextlib.asynccontextmanager

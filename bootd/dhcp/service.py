@@ -111,7 +111,7 @@ class DhcpService:
 
         def free() -> float:
             nets = networks(self.ctx.config)
-            return float(sum(self.leases.free_count(*n.pool) for n in nets if n.pool))
+            return float(self.leases.free_count(n.pool for n in nets if n.pool))
 
         m.dhcp_free_addresses.set_function(free)
 
