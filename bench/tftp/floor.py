@@ -1,4 +1,4 @@
-"""`python -m bench.tftp.floor ROOT ADDRESS`: the least any Python TFTP server does per block.
+"""`python -m bench.tftp.floor ROOT ADDRESS [PORT]`: the least a Python TFTP server does per block.
 
 Not a server to run: a yardstick for `bench.tftp --servers ...,pyfloor`. It
 serves lockstep RRQs with nothing but the system calls a block needs and the
@@ -28,12 +28,12 @@ def packets(data: bytes, blksize: int) -> list[bytes]:
     ]
 
 
-def serve(root: Path, address: str) -> None:
-    """Answer RRQs on port 69 until killed."""
+def serve(root: Path, address: str, port: int = 69) -> None:
+    """Answer RRQs on address:port until killed."""
     listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     # As bootd's listening socket: a storm's 640 RRQs fit, none is dropped and resent.
     listen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    listen.bind((address, 69))
+    listen.bind((address, port))
     listen.setblocking(False)
     ep = select.epoll()
     ep.register(listen.fileno(), select.EPOLLIN)
@@ -84,4 +84,4 @@ def serve(root: Path, address: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), sys.argv[2])
+    serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 69)
