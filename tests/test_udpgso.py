@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import socket
 
+import pytest
+
 from bootd.udpgso import GsoSender
 
 
@@ -43,6 +45,30 @@ def test_equal_runs_go_out_together() -> None:
     assert [len(d) // 1472 for d, _ in s.sent] == [44, 44, 12]  # 64 KB per send at most
     s.sent.clear()
     assert w.send(s, [b"y" * 300] * 100, ("x", 1)) == 100  # type: ignore[arg-type]
+    assert [len(d) // 300 for d, _ in s.sent] == [64, 36]  # the kernel's segment limit
+
+
+def test_a_window_promised_equal_goes_out_whole_without_measuring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`equal` (a TFTP window: full blocks, a short last one) skips measuring the run;
+    past the kernel's limits the datagrams are measured and split as usual."""
+    s, w = FakeSock(), GsoSender()
+    window = [b"a" * 512] * 15 + [b"b" * 100]
+    measure = w._run_end
+
+    def no_measuring(datagrams: list[bytes], i: int) -> int:
+        raise AssertionError("measured a window promised equal")
+
+    monkeypatch.setattr(w, "_run_end", no_measuring)
+    assert w.send(s, window, None, equal=True) == 16  # type: ignore[arg-type]
+    assert s.sent == [(b"a" * 512 * 15 + b"b" * 100, 512)]
+    monkeypatch.setattr(w, "_run_end", measure)
+    s.sent.clear()
+    assert w.send(s, [b"x" * 1472] * 100, None, equal=True) == 100  # type: ignore[arg-type]
+    assert [len(d) // 1472 for d, _ in s.sent] == [44, 44, 12]  # 64 KB per send at most
+    s.sent.clear()
+    assert w.send(s, [b"y" * 300] * 100, None, equal=True) == 100  # type: ignore[arg-type]
     assert [len(d) // 300 for d, _ in s.sent] == [64, 36]  # the kernel's segment limit
 
 

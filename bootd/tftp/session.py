@@ -182,7 +182,8 @@ class Session:
                 # Buffer full or peer unreachable: the retransmit timer recovers or ends it.
                 pass
         elif datagrams:
-            self.owner.sender.send(self.sock, datagrams, self._dest)
+            # A window: full blocks, the file's short last block maybe at its end.
+            self.owner.sender.send(self.sock, datagrams, self._dest, equal=True)
 
     def _after(self, before: Phase, sent: list[bytes], now: float) -> None:
         # Off the hot path: only when the phase changed or is not DATA. An ERROR the
