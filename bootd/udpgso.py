@@ -23,6 +23,7 @@ MAX_GSO_BYTES = 65507
 # The UDP payload of one 1500-byte Ethernet frame: a GSO refusal at or below this size
 # means GSO itself is unavailable, above it maybe only the segment size.
 ETHERNET_PAYLOAD = 1472
+SEGMENT_SIZES_KEPT = 256
 _GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
@@ -38,7 +39,9 @@ class GsoSender:
         self.max_segment = MAX_GSO_BYTES
         # Why the last send() stopped short (None when everything went out).
         self.last_error: OSError | None = None
-        # The UDP_SEGMENT control message of each segment size in use (a handful).
+        # The UDP_SEGMENT control message of each segment size in use: a handful for
+        # TFTP, one per DHCP reply length; emptied at SEGMENT_SIZES_KEPT so that it is
+        # bounded whatever lengths come.
         self._segment: dict[int, list[tuple[int, int, bytes]]] = {}
 
     def send(
@@ -75,6 +78,8 @@ class GsoSender:
                 else:
                     seg = self._segment.get(size)
                     if seg is None:
+                        if len(self._segment) >= SEGMENT_SIZES_KEPT:
+                            self._segment.clear()
                         seg = self._segment[size] = [
                             (SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))
                         ]

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from bootd.udpgso import GsoSender
+from bootd.udpgso import SEGMENT_SIZES_KEPT, GsoSender
 
 
 class FakeSock:
@@ -70,6 +70,14 @@ def test_a_window_promised_equal_goes_out_whole_without_measuring(
     s.sent.clear()
     assert w.send(s, [b"y" * 300] * 100, None, equal=True) == 100  # type: ignore[arg-type]
     assert [len(d) // 300 for d, _ in s.sent] == [64, 36]  # the kernel's segment limit
+
+
+def test_the_segment_messages_kept_are_bounded() -> None:
+    s, w = FakeSock(), GsoSender()
+    for size in range(1, 1000):
+        assert w.send(s, [b"z" * size] * 2, None) == 2  # type: ignore[arg-type]
+    assert 0 < len(w._segment) <= SEGMENT_SIZES_KEPT
+    assert all(seg == size for (d, seg) in s.sent for size in [len(d) // 2])
 
 
 def test_refused_gso_falls_back_for_good() -> None:
