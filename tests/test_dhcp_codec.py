@@ -48,6 +48,7 @@ def test_golden_discover_decodes_like_wireshark() -> None:
     assert p.mac == "52:54:00:00:00:01"
     assert p.message_type is MessageType.DISCOVER
     assert p.vendor_class == "PXEClient:Arch:00007:UNDI:003016"
+    assert p.vendor_class_id == b"PXEClient:Arch:00007:UNDI:003016"  # as it came
     assert p.client_arch == 7
     assert p.options[Opt.PARAM_REQUEST] == bytes([1, 3, 6, 67])
     assert list(p.options) == [53, 60, 93, 55]

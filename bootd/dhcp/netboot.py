@@ -76,7 +76,7 @@ class NetbootStage:
             return
         cfg = self._config()
         req = ex.request
-        vc = req.options.get(Opt.VENDOR_CLASS, b"")  # bytes: no text decode per packet
+        vc = req.vendor_class_id
         if ex.phase == "dhcp-ipxe":  # set by the skeleton from user-class/option 175
             url = bootscript_url(cfg.http_base_url, ex.mac)
             self._set_file(ex, url.encode(), cfg.address)

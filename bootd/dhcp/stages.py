@@ -47,8 +47,7 @@ def client_phase(ex: Exchange) -> str:
     """Timeline stage: firmware PXE → dhcp, iPXE → dhcp-ipxe, anything else → dhcp-linux."""
     if is_ipxe(ex):
         return "dhcp-ipxe"
-    # Option 60's bytes as they came: no text decode on the per-packet path.
-    if ex.request.options.get(Opt.VENDOR_CLASS, b"").startswith(_BOOT_CLIENTS):
+    if ex.request.vendor_class_id.startswith(_BOOT_CLIENTS):
         return "dhcp"
     return "dhcp-linux"
 
@@ -93,7 +92,7 @@ def _proxy(ex: Exchange, pxe_port: int) -> None:
     if req.op != BOOTREQUEST or mt is None:
         ex.drop("not a DHCP request")
         return
-    if not req.options.get(Opt.VENDOR_CLASS, b"").startswith(_BOOT_CLIENTS):
+    if not req.vendor_class_id.startswith(_BOOT_CLIENTS):
         ex.drop("proxy mode answers only PXEClient/HTTPClient (option 60)")
         return
     if mt == DHCPDISCOVER and ex.local_port != pxe_port:

@@ -79,9 +79,14 @@ class DhcpPacket:
         return ip_str(v) if v is not None and len(v) == 4 else None
 
     @property
+    def vendor_class_id(self) -> bytes:
+        """Option 60 as it came (b'' when absent): what the per-packet checks compare."""
+        return self.options.get(Opt.VENDOR_CLASS, b"")
+
+    @property
     def vendor_class(self) -> str:
         """Option 60 as text ('' when absent)."""
-        return self.options.get(Opt.VENDOR_CLASS, b"").decode("ascii", "replace")
+        return self.vendor_class_id.decode("ascii", "replace")
 
     @property
     def user_classes(self) -> list[bytes]:
