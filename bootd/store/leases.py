@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from socket import inet_aton, inet_ntoa
 
+from bootd.proto.dhcp.options import ADDRESS_MEMO
 from bootd.store.db import Database, Migration
 from bootd.store.jobs import many, statements
 
@@ -49,10 +50,7 @@ MAX_PENDING_OFFERS = 65536
 
 
 # Pure, and asked about the same addresses several times a packet (subnet, pool,
-# reservation checks): a bounded memo in C (~120 ns a hit, ~600 to convert here).
-ADDRESS_MEMO = 4096
-
-
+# reservation checks): bounded as the codec's address conversions are.
 @lru_cache(maxsize=ADDRESS_MEMO)
 def ip_to_int(ip: str) -> int:
     """Dotted quad → integer."""

@@ -184,13 +184,13 @@ def ip_bytes(ip: str) -> bytes:
     return bytes(map(int, parts))
 
 
-_ZERO4 = bytes(4)
+ZERO4 = bytes(4)  # an unset address on the wire
 
 
 def ip_str(b: bytes) -> str:
     """4 bytes → dotted quad."""
     # Most header addresses in requests are unset: skip the memo for them.
-    if b == _ZERO4:
+    if b == ZERO4:
         return "0.0.0.0"
     return _dotted(bytes(b))
 

@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass, field
 
 from bootd.proto.dhcp.options import (
+    ZERO4,
     DhcpDecodeError,
     MessageType,
     Opt,
@@ -32,7 +33,6 @@ BROADCAST_FLAG = 0x8000
 # Option 53 byte → MessageType without the (slow) Enum call on the hot path.
 _MESSAGE_TYPES = {int(m): m for m in MessageType}
 ZERO_IP = "0.0.0.0"
-_ZERO4 = bytes(4)
 
 
 @dataclass(slots=True)
@@ -113,10 +113,10 @@ class DhcpPacket:
             self.secs,
             self.flags,
             # Most of these are unset in any one reply: no call for those.
-            _ZERO4 if self.ciaddr == ZERO_IP else ip_bytes(self.ciaddr),
-            _ZERO4 if self.yiaddr == ZERO_IP else ip_bytes(self.yiaddr),
-            _ZERO4 if self.siaddr == ZERO_IP else ip_bytes(self.siaddr),
-            _ZERO4 if self.giaddr == ZERO_IP else ip_bytes(self.giaddr),
+            ZERO4 if self.ciaddr == ZERO_IP else ip_bytes(self.ciaddr),
+            ZERO4 if self.yiaddr == ZERO_IP else ip_bytes(self.yiaddr),
+            ZERO4 if self.siaddr == ZERO_IP else ip_bytes(self.siaddr),
+            ZERO4 if self.giaddr == ZERO_IP else ip_bytes(self.giaddr),
             self.chaddr,
             self.sname,
             self.file,
