@@ -768,10 +768,13 @@ async def test_a_bursts_replies_to_one_destination_leave_as_one_gso_send(tmp_pat
             real_send = gso.send
 
             def counting(
-                sock: socket.socket, grams: list[bytes], peer: tuple[str, int] | None
+                sock: socket.socket,
+                grams: list[bytes],
+                peer: tuple[str, int] | None,
+                equal: bool = False,
             ) -> int:
                 batches.append(len(grams))
-                return real_send(sock, grams, peer)
+                return real_send(sock, grams, peer, equal)
 
             gso.send = counting  # type: ignore[method-assign,assignment]
             rx.setblocking(False)

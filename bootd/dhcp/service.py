@@ -251,7 +251,7 @@ class DhcpService:
         for (via, ip, port, _), wires in groups.items():
             # via=-1: the proxy (last) socket; everything else leaves from the DHCP port.
             sock = self._socks[-1][0] if via == -1 else self._socks[0][0]
-            sent = self._gso.send(sock, wires, (ip, port))
+            sent = self._gso.send(sock, wires, (ip, port), equal=True)  # one length a group
             if sent < len(wires):
                 self._send_failed(ip, len(wires) - sent, self._gso.last_error)
 
