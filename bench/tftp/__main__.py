@@ -189,16 +189,16 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         b, d = cpu("bootd", "storm", ws), cpu("dnsmasq", "storm", 1)
         out[f"storm: server CPU/GB, dnsmasq / bootd ws{ws}"] = round(d / b, 2) if b and d else None
     for scenario in ("storm", "large"):
+        base = get("bootd", scenario, 1)
+        # The bare Python loop (bench.tftp.floor): how near any Python server gets.
+        floor, dnsmasq = get("pyfloor", scenario, 1), get("dnsmasq", scenario, 1)
+        if floor and dnsmasq:
+            out[f"{scenario}: pyfloor ws1 / dnsmasq"] = round(floor / dnsmasq, 2)
         for ws in (1, 16, 64):
             b = get("bootd", scenario, ws)
             for peer in ("dnsmasq", "tftpd-hpa"):
                 p = get(peer, scenario, ws) or get(peer, scenario, 1)
                 out[f"{scenario}: bootd ws{ws} / {peer}"] = round(b / p, 2) if b and p else None
-            base = get("bootd", scenario, 1)
-            floor, peer = get("pyfloor", scenario, 1), get("dnsmasq", scenario, 1)
-            if ws == 1 and floor and peer:
-                # The bare Python loop (bench.tftp.floor): how near any Python server gets.
-                out[f"{scenario}: pyfloor ws1 / dnsmasq"] = round(floor / peer, 2)
             if ws > 1:
                 out[f"{scenario}: bootd ws{ws} / bootd ws1"] = (
                     round(b / base, 2) if b and base else None
