@@ -19,7 +19,7 @@ from bootd.boot.node import Node
 from bootd.config import parse_config
 from bootd.context import Context
 from bootd.daemon import Daemon
-from bootd.dhcp.chain import build_stages, explain
+from bootd.dhcp.chain import build_stages, explain, offer_memo
 from bootd.dhcp.exchange import Exchange
 from bootd.dhcp.handler import BROADCAST, Destination, DhcpHandler
 from bootd.dhcp.service import DhcpService
@@ -39,7 +39,7 @@ SERVER = "10.0.0.1"
 class Bench:
     """A handler wired to a capture list and a settable clock."""
 
-    def __init__(self, tmp: Path, **dhcp: Any) -> None:
+    def __init__(self, tmp: Path, offers: bool = True, **dhcp: Any) -> None:
         tftp = tmp / "tftp"
         tftp.mkdir(exist_ok=True)
         for name in ("undionly.kpxe", "ipxe.efi"):
@@ -76,7 +76,11 @@ class Bench:
         self.stages = build_stages(self.ctx, self.leases)
         self.sent: list[tuple[DhcpPacket, Destination]] = []
         self.handler = DhcpHandler(
-            self.ctx, self.leases, self.stages, lambda w, d: self.sent.append((decode(w), d))
+            self.ctx,
+            self.leases,
+            self.stages,
+            lambda w, d: self.sent.append((decode(w), d)),
+            offer_memo(self.ctx, self.leases) if offers else None,
         )
 
     async def ask(

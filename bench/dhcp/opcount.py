@@ -82,6 +82,16 @@ def client_packet(i: int, mt: MessageType, extra: dict[int, bytes] | None = None
     return DhcpPacket(xid=i + 1, chaddr=mac + bytes(10), options=options).encode()
 
 
+def offer_memo(ctx: Context, leases: LeaseTable) -> list[Any]:
+    """The service's kept offers, as its DhcpHandler gets them; none in a tree from
+    before they existed (`bench.dhcp.instructions --tree`)."""
+    try:
+        from bootd.dhcp.chain import offer_memo as memo
+    except ImportError:
+        return []
+    return [memo(ctx, leases)]
+
+
 async def count(n: int, tmp: Path) -> tuple[float, float, int, OpcodeCounter, OpcodeCounter]:
     """Opcodes per DISCOVER and per REQUEST, ACKs sent, and the two counters."""
     (tmp / "tftp").mkdir()
@@ -109,7 +119,13 @@ async def count(n: int, tmp: Path) -> tuple[float, float, int, OpcodeCounter, Op
         ctx.timeline.load()  # as the daemon does: a MAC it has not seen needs no query
         leases = LeaseTable(db, ctx.clock, lambda ip: None)
         sent: list[bytes] = []
-        handler = DhcpHandler(ctx, leases, build_stages(ctx, leases), lambda w, d: sent.append(w))
+        handler = DhcpHandler(
+            ctx,
+            leases,
+            build_stages(ctx, leases),
+            lambda w, d: sent.append(w),
+            *offer_memo(ctx, leases),
+        )
         handler.auto_flush = False
 
         def burst(packets: list[bytes]) -> None:

@@ -7,6 +7,7 @@ from bootd.context import Context
 from bootd.dhcp.address import AddressStage
 from bootd.dhcp.exchange import Exchange, Stage, run_stages
 from bootd.dhcp.netboot import BootFiles, NetbootStage
+from bootd.dhcp.offers import OfferMemo
 from bootd.dhcp.stages import (
     GroupOptions,
     hostname,
@@ -44,6 +45,13 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
         hostname,
         relay_agent_echo,
     ]
+
+
+def offer_memo(ctx: Context, leases: LeaseTable) -> OfferMemo | None:
+    """Server mode keeps its OFFERs for the REQUESTs that take them; proxy mode leases nothing."""
+    if ctx.config.dhcp.mode == "proxy":
+        return None
+    return OfferMemo(lambda: ctx.config, ctx.nodes, leases)
 
 
 def explain(stages: list[Stage], ex: Exchange) -> Exchange:

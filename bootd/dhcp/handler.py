@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from bootd.context import Context
 from bootd.dhcp.address import client_state
 from bootd.dhcp.exchange import ZERO, Exchange, Stage, run_stages
+from bootd.dhcp.offers import OfferMemo
 from bootd.logs import RateLimitedLog
 from bootd.proto.dhcp import (
     DHCPACK,
@@ -21,6 +22,7 @@ from bootd.proto.dhcp import (
     DHCPDISCOVER,
     DHCPINFORM,
     DHCPNAK,
+    DHCPOFFER,
     DHCPRELEASE,
     DHCPREQUEST,
     DhcpDecodeError,
@@ -83,9 +85,9 @@ class Destination(NamedTuple):
 
 
 def destination(
-    req: DhcpPacket, reply: DhcpPacket, nak: bool, source: tuple[str, int], pxe_port: bool
+    req: DhcpPacket, yiaddr: str, nak: bool, source: tuple[str, int], pxe_port: bool
 ) -> Destination:
-    """RFC 2131 §4.1: relay, then ciaddr, then broadcast, else unicast to yiaddr."""
+    """RFC 2131 §4.1: relay, then ciaddr, then broadcast, else unicast to yiaddr (the reply's)."""
     if pxe_port and source[0] != ZERO:
         # PXE proxy (port 4011): the client already has an address; answer where it asked from.
         return Destination(source[0], source[1], via=-1)
@@ -95,9 +97,9 @@ def destination(
         return Destination(BROADCAST, CLIENT_PORT)
     if req.ciaddr != ZERO:
         return Destination(req.ciaddr, CLIENT_PORT)
-    if req.broadcast or reply.yiaddr == ZERO:
+    if req.broadcast or yiaddr == ZERO:
         return Destination(BROADCAST, CLIENT_PORT)
-    return Destination(reply.yiaddr, CLIENT_PORT, req.chaddr[: req.hlen])
+    return Destination(yiaddr, CLIENT_PORT, req.chaddr[: req.hlen])
 
 
 # Metric label per message type, computed once (Enum .name is slow on the hot path).
@@ -110,11 +112,20 @@ PendingAck = tuple[Exchange, Lease, bytes, Destination]
 class DhcpHandler:
     """Service logic between the socket adapter and the stages."""
 
-    def __init__(self, ctx: Context, leases: LeaseTable, stages: list[Stage], send: Sender) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        leases: LeaseTable,
+        stages: list[Stage],
+        send: Sender,
+        offers: OfferMemo | None = None,
+    ) -> None:
         self.ctx = ctx
         self.leases = leases
         self.stages = stages
         self.send = send
+        # Server mode: OFFERs kept so that the REQUESTs taking them skip the stages.
+        self.offers = offers
         self._pending: set[asyncio.Task[None]] = set()
         # Filled during one burst of datagrams, emptied by flush() right after it.
         self._acks: list[PendingAck] = []
@@ -180,7 +191,18 @@ class DhcpHandler:
             self.malformed("bad-hlen", f"htype {req.htype} hlen {req.hlen} is not Ethernet", source)
             return
         now = self.ctx.clock()
-        ex = Exchange(req, now, req.mac, local_port)
+        mac = req.mac
+        offers = self.offers
+        if offers is not None:
+            offer = offers.take(mac)
+            if offer is not None:
+                fast = offers.ack(data, req, mac, offer, now, local_port)
+                if fast is not None:
+                    ex, wire = fast
+                    dest = destination(req, offer.ip, False, source, False)
+                    self._await_commit(ex, DHCPREQUEST, "request", wire, dest)
+                    return
+        ex = Exchange(req, now, mac, local_port)
         run_stages(self.stages, ex)
         mt = ex.mt
         mtype = _LABEL[mt] if mt is not None else "none"
@@ -199,8 +221,10 @@ class DhcpHandler:
             return
         wire = ex.reply.encode()
         dest = destination(
-            req, ex.reply, ex.reply_type == DHCPNAK, source, self._is_pxe_port(local_port)
+            req, ex.reply.yiaddr, ex.reply_type == DHCPNAK, source, self._is_pxe_port(local_port)
         )
+        if offers is not None and ex.reply_type == DHCPOFFER:
+            offers.remember(ex, wire)
         if ex.commit is None:
             self._count(mtype, _LABEL[ex.reply_type])
             self.send(wire, dest)
@@ -212,6 +236,13 @@ class DhcpHandler:
                 # boot information, is done once it is sent.
                 self._event(ex.mac, ex.phase, "end", now, "proxy")
             return
+        self._await_commit(ex, mt, mtype, wire, dest)
+
+    def _await_commit(
+        self, ex: Exchange, mt: MessageType | None, mtype: str, wire: bytes, dest: Destination
+    ) -> None:
+        """The reply waits for its lease's write (queued at the end of the burst)."""
+        assert ex.commit is not None
         if self._in_flight >= MAX_PENDING_COMMITS:
             self._count(mtype, "overload")
             self._logged.warning("dhcp:commit-backlog", "dhcp: lease writes are behind; dropping")

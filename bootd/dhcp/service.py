@@ -19,7 +19,7 @@ import time
 from bootd.config import Config
 from bootd.context import Context, StartupError
 from bootd.dhcp.address import networks
-from bootd.dhcp.chain import build_stages
+from bootd.dhcp.chain import build_stages, offer_memo
 from bootd.dhcp.handler import Destination, DhcpHandler
 from bootd.dhcp.ra import RouterSolicitationResponder
 from bootd.dhcp.rawsend import RawSender
@@ -89,7 +89,8 @@ class DhcpService:
         ctx.leases = self.leases
         ctx.extras["dhcp"] = self
         self.stages = build_stages(ctx, self.leases)
-        self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send)
+        offers = offer_memo(ctx, self.leases)
+        self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send, offers)
         self.handler.auto_flush = False
         self._socks: list[tuple[socket.socket, int]] = []
         self._ifindex: int | None = None
