@@ -847,6 +847,30 @@ async def dhcp_on_loopback(tmp_path: Path) -> AsyncIterator[tuple[Daemon, DhcpSe
         await d.stop()
 
 
+async def test_the_reader_yields_once_the_store_has_made_leases_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between bursts the reader polls the store; a reply ends its turn, so the ACKs it
+    releases leave before the next requests are read."""
+    from bootd.dhcp.service import BURST
+
+    async with dhcp_on_loopback(tmp_path) as (_, svc, port):
+        sock = svc._socks[0][0]
+        asyncio.get_running_loop().remove_reader(sock.fileno())  # this test reads
+        handled: list[bytes] = []
+        monkeypatch.setattr(svc.handler, "handle", lambda data, src, p: handled.append(data))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(3 * BURST):
+                tx.sendto(bytes([i]) * 300, ("127.0.0.1", port))
+        replies = iter([False, True])
+        monkeypatch.setattr(svc.ctx.db, "poll", lambda: next(replies, False))
+        svc._readable(sock, port)
+        assert len(handled) == 2 * BURST  # no reply after the first burst, one after the second
+        svc._readable(sock, port)
+        assert len(handled) == 3 * BURST
+        assert [d[0] for d in handled] == list(range(3 * BURST))
+
+
 @pytest.mark.root
 async def test_a_full_disk_costs_acks_not_leases(tmp_path: Path) -> None:
     """state_dir on a full filesystem: the REQUEST gets no ACK (counted), the lease

@@ -53,6 +53,20 @@ async def test_many_writes_share_few_commits(db: Database) -> None:
     assert db.commits < 1000  # batched, not one fsync per write
 
 
+async def test_poll_takes_the_writers_reply_without_the_loop(db: Database) -> None:
+    """A busy loop (the DHCP reader) learns a write is durable by polling between bursts."""
+    assert not db.poll()  # nothing sent, nothing to take
+    fut = db.submit(insert_row, 7, "polled")
+    deadline = time.monotonic() + 10
+    while not db.poll():  # the loop never runs here: only poll() can resolve the future
+        assert not fut.done()
+        assert time.monotonic() < deadline, "the writer never replied"
+        time.sleep(0.005)
+    assert fut.done() and fut.result() == 7
+    assert not db.poll()  # that reply is taken
+    assert db.read("SELECT v FROM t WHERE k = 7")[0][0] == "polled"
+
+
 async def test_background_writes_linger_and_an_awaited_write_ends_the_wait(db: Database) -> None:
     """Timeline-style writes trickling in share commits; a write someone awaits goes at once."""
     before = db.commits

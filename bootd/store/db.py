@@ -79,6 +79,7 @@ class Database:
         self._in_hooks = False
         self.commits = 0
         self.writes = 0
+        self.replies = 0  # replies taken from the writer (poll() compares)
 
     def open(self, migrations: Iterable[Migration]) -> None:
         """Create the file if needed, apply pending migrations, start the writer."""
@@ -314,7 +315,22 @@ class Database:
         for reply in unframe(self._in):
             self._take(reply)
 
+    def poll(self) -> bool:
+        """Take the writer's replies that have arrived, without waiting; True if any did.
+
+        The loop reads them when it gets to them. A component that keeps the loop busy
+        (the DHCP reader draining a storm, up to its read budget) calls this between
+        its bursts and yields when it is True, so the writes just made durable are
+        acted on (their ACKs sent) before more requests are read.
+        """
+        if self._sock is None:
+            return False
+        replies = self.replies
+        self._on_readable()
+        return self.replies != replies
+
     def _take(self, reply: Reply) -> None:
+        self.replies += 1
         self.commits, self.writes, results = reply
         self._deaths = 0
         for job, ok, value in results:
