@@ -7,6 +7,7 @@ import contextlib
 import copy
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -753,6 +754,48 @@ async def test_leases_arriving_under_load_share_one_store_write(
         fresh = LeaseTable(b.db, b.ctx.clock, lambda ip: None)
         fresh.load()
         assert {x.mac for x in fresh.all()} == set(macs)
+    finally:
+        b.db.close()
+
+
+async def test_a_busy_loop_hands_held_leases_over_without_the_late_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the loop is too busy reading to run the hold timer, the first burst to find
+    the oldest held lease waiting HOLD_MAX hands the held ones to the store itself."""
+    from bootd.dhcp import handler as handler_mod
+
+    monkeypatch.setattr(handler_mod, "BUSY", 5.0)
+    monkeypatch.setattr(handler_mod, "HOLD", 30.0)  # the timer never fires in this test
+    monkeypatch.setattr(handler_mod, "HOLD_MAX", 0.05)
+    b = Bench(tmp_path)
+    b.handler.auto_flush = False  # as the service: flush() after each burst
+    macs = [f"52:54:00:00:23:{i:02x}" for i in range(4)]
+    offered = await b.offers(macs)
+    writes: list[list[str]] = []
+    persist = b.leases.persist
+
+    def spy(leases: list[Any]) -> Any:
+        writes.append([lease.mac for lease in leases])
+        return persist(leases)
+
+    monkeypatch.setattr(b.leases, "persist", spy)
+    try:
+
+        def burst(mac: str) -> None:
+            b.handler.handle(selecting_request(mac, offered[mac]), ("0.0.0.0", 68), 67)
+            b.handler.flush()
+
+        burst(macs[0])
+        assert writes == [[macs[0]]]  # after a quiet spell: at once
+        burst(macs[1])
+        burst(macs[2])
+        assert writes == [[macs[0]]]  # held, and the timer is far off
+        time.sleep(0.06)  # the loop "busy": it does not run
+        burst(macs[3])
+        assert writes == [[macs[0]], macs[1:4]]
+        await b.handler.drain(10)
+        assert {p.yiaddr for p, _ in b.sent[-4:]} == {offered[m] for m in macs}
     finally:
         b.db.close()
 
