@@ -702,6 +702,19 @@ async def test_acks_leave_through_a_token_bucket(
         b.db.close()
 
 
+def store_writes(b: Bench, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The MACs of each lease write the handler hands to the store, from now on."""
+    writes: list[list[str]] = []
+    persist = b.leases.persist
+
+    def spy(leases: list[Any]) -> Any:
+        writes.append([lease.mac for lease in leases])
+        return persist(leases)
+
+    monkeypatch.setattr(b.leases, "persist", spy)
+    return writes
+
+
 async def test_leases_arriving_under_load_share_one_store_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -716,14 +729,7 @@ async def test_leases_arriving_under_load_share_one_store_write(
     b = Bench(tmp_path)
     macs = [f"52:54:00:00:22:{i:02x}" for i in range(4)]
     offered = await b.offers(macs)
-    writes: list[list[str]] = []
-    persist = b.leases.persist
-
-    def spy(leases: list[Any]) -> Any:
-        writes.append([lease.mac for lease in leases])
-        return persist(leases)
-
-    monkeypatch.setattr(b.leases, "persist", spy)
+    writes = store_writes(b, monkeypatch)
     try:
         b.sent.clear()
         for mac in macs[:3]:  # three loop turns, one REQUEST each
@@ -772,14 +778,7 @@ async def test_a_busy_loop_hands_held_leases_over_without_the_late_timer(
     b.handler.auto_flush = False  # as the service: flush() after each burst
     macs = [f"52:54:00:00:23:{i:02x}" for i in range(4)]
     offered = await b.offers(macs)
-    writes: list[list[str]] = []
-    persist = b.leases.persist
-
-    def spy(leases: list[Any]) -> Any:
-        writes.append([lease.mac for lease in leases])
-        return persist(leases)
-
-    monkeypatch.setattr(b.leases, "persist", spy)
+    writes = store_writes(b, monkeypatch)
     try:
 
         def burst(mac: str) -> None:
