@@ -84,7 +84,7 @@ class OfferMemo:
         self._leases = leases
         self._address = AddressStage(config, leases)
         self._offers: dict[str, Offer] = {}
-        # REQUESTs answered from a kept offer (tests and the bench read it).
+        # REQUESTs answered from a kept offer (the tests read it).
         self.hits = 0
 
     def remember(self, ex: Exchange, wire: bytes) -> None:
