@@ -507,6 +507,28 @@ async def test_relay_gets_pool_of_giaddr_and_reply_to_relay(bench: Bench) -> Non
     assert got is not None and got[0].yiaddr == "172.16.0.10"
 
 
+def test_the_subnet_index_follows_the_config_and_bounds_its_relays(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootd.dhcp import address as address_mod
+
+    index = address_mod.SubnetIndex(lambda: bench.ctx.config)
+    nets = index.all()
+    assert index.all() is nets  # parsed once per config
+    assert index.local().cfg.subnet == "10.0.0.0/24"
+    assert index.for_relay("10.1.0.1") is nets[1]
+    assert index.for_relay("10.0.0.9") is nets[0]  # a relay on the local subnet
+    assert index.for_relay("172.16.0.1") is None
+    monkeypatch.setattr(address_mod, "RELAYS_REMEMBERED", 2)
+    index.for_relay("172.16.0.2")
+    assert len(index._relays) <= 2
+    raw = copy.deepcopy(bench.raw)
+    raw["dhcp"]["relay_subnets"].append({"subnet": "172.16.0.0/24"})
+    bench.ctx.config = parse_config(raw)  # a reload: a new config object
+    assert index.all() is not nets and len(index.all()) == 3
+    assert index.for_relay("172.16.0.1") is index.all()[2]
+
+
 async def test_unicast_reply_to_yiaddr_pins_arp(bench: Bench) -> None:
     got = await bench.ask("52:54:00:00:0c:01", MessageType.DISCOVER)
     assert got is not None

@@ -55,42 +55,52 @@ def lease_times(seconds: int) -> tuple[bytes, bytes, bytes]:
     )
 
 
-# The last config's networks, and which of them each relay address seen so far is
-# in: the address stage, the free-address gauge (every scrape) and lease imports all
-# ask, and a config is not changed once parsed (a reload makes a new one).
-_last: tuple[Config, list[Network], dict[str, Network | None]] | None = None
 # Relay addresses remembered per config: every request through a relay names it.
 RELAYS_REMEMBERED = 4096
 
 
-def _memo(config: Config) -> tuple[Config, list[Network], dict[str, Network | None]]:
-    global _last
-    if _last is None or _last[0] is not config:
-        _last = (config, _networks(config), {})
-    return _last
+class SubnetIndex:
+    """The config's networks, parsed and encoded once per config, and which of them each
+    relay address seen so far is in: the address stage asks on every packet, the
+    free-address gauge on every scrape. A config is not changed once parsed (a reload
+    makes a new one), so the index follows the config source by identity."""
+
+    def __init__(self, config: ConfigSource) -> None:
+        self._config = config
+        self._for: Config | None = None
+        self._nets: list[Network] = []
+        self._relays: dict[str, Network | None] = {}
+
+    def all(self) -> list[Network]:
+        """The local subnet first, then the relayed ones."""
+        cfg = self._config()
+        if cfg is not self._for:
+            self._for, self._nets, self._relays = cfg, networks(cfg), {}
+        return self._nets
+
+    def local(self) -> Network:
+        """The subnet of the server's own interface."""
+        return self.all()[0]
+
+    def for_relay(self, giaddr: str) -> Network | None:
+        """RFC 2131 §4.3.1: the subnet holding a relay's giaddr (a relayed one first, then
+        the local one); one scan per relay address and config."""
+        nets = self.all()
+        relays = self._relays
+        try:
+            return relays[giaddr]
+        except KeyError:
+            pass
+        found = next((net for net in (*nets[1:], nets[0]) if net.contains(giaddr)), None)
+        if len(relays) >= RELAYS_REMEMBERED:
+            relays.clear()
+        relays[giaddr] = found
+        return found
 
 
 def networks(config: Config) -> list[Network]:
-    """The local subnet first, then the relayed ones; parsed and encoded once per config."""
-    return _memo(config)[1]
-
-
-def relay_network(config: Config, giaddr: str) -> Network | None:
-    """RFC 2131 §4.3.1: the subnet holding a relay's giaddr (a relayed one first, then the
-    local one); one scan per relay address and config."""
-    _, nets, relays = _memo(config)
-    try:
-        return relays[giaddr]
-    except KeyError:
-        pass
-    found = next((net for net in (*nets[1:], nets[0]) if net.contains(giaddr)), None)
-    if len(relays) >= RELAYS_REMEMBERED:
-        relays.clear()
-    relays[giaddr] = found
-    return found
-
-
-def _networks(config: Config) -> list[Network]:
+    """The local subnet first, then the relayed ones, parsed and encoded (SubnetIndex
+    keeps them per config)."""
     out = []
     common = encode_options_config(config.dhcp.options)
     for sub in [config.dhcp, *config.dhcp.relay_subnets]:
@@ -128,15 +138,17 @@ def client_state(ex: Exchange) -> str:
 class AddressStage:
     """Reservations from the inventory, leases and offers from the table, pool addresses."""
 
-    def __init__(self, config: ConfigSource, leases: LeaseTable) -> None:
+    def __init__(
+        self, config: ConfigSource, leases: LeaseTable, subnets: SubnetIndex | None = None
+    ) -> None:
         self._config = config
         self._leases = leases
+        self._subnets = subnets if subnets is not None else SubnetIndex(config)
 
     def network_for(self, ex: Exchange) -> Network | None:
         """RFC 2131 §4.3.1: the relay's subnet when giaddr is set, else the local one."""
-        cfg = self._config()
         gi = ex.request.giaddr
-        return networks(cfg)[0] if gi == ZERO else relay_network(cfg, gi)
+        return self._subnets.local() if gi == ZERO else self._subnets.for_relay(gi)
 
     def acceptable(self, ex: Exchange, net: Network, ip: str) -> bool:
         """Whether `ip` may be bound to this client now."""

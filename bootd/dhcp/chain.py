@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bootd.config import Config
 from bootd.context import Context
-from bootd.dhcp.address import AddressStage
+from bootd.dhcp.address import AddressStage, SubnetIndex
 from bootd.dhcp.exchange import Exchange, Stage, run_stages
 from bootd.dhcp.netboot import BootFiles, NetbootStage
 from bootd.dhcp.offers import OfferMemo
@@ -21,7 +21,9 @@ from bootd.dhcp.stages import (
 from bootd.store.leases import LeaseTable
 
 
-def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
+def build_stages(
+    ctx: Context, leases: LeaseTable, subnets: SubnetIndex | None = None
+) -> list[Stage]:
     """skeleton → inventory (the node, looked up once) → identity → address → group
     options → network options → netboot → hostname → option 82 echo."""
 
@@ -38,7 +40,7 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
         skeleton,
         node,
         server_identity(config),
-        AddressStage(config, leases).__call__,
+        AddressStage(config, leases, subnets).__call__,
         GroupOptions(config).__call__,
         network_options,
         netboot.__call__,
@@ -47,11 +49,13 @@ def build_stages(ctx: Context, leases: LeaseTable) -> list[Stage]:
     ]
 
 
-def offer_memo(ctx: Context, leases: LeaseTable) -> OfferMemo | None:
+def offer_memo(
+    ctx: Context, leases: LeaseTable, subnets: SubnetIndex | None = None
+) -> OfferMemo | None:
     """Server mode keeps its OFFERs for the REQUESTs that take them; proxy mode leases nothing."""
     if ctx.config.dhcp.mode == "proxy":
         return None
-    return OfferMemo(lambda: ctx.config, ctx.nodes, leases)
+    return OfferMemo(lambda: ctx.config, ctx.nodes, leases, subnets)
 
 
 def explain(stages: list[Stage], ex: Exchange) -> Exchange:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from bootd.boot.node import Node
 from bootd.config import Config
-from bootd.dhcp.address import AddressStage, Network
+from bootd.dhcp.address import AddressStage, Network, SubnetIndex
 from bootd.dhcp.exchange import ZERO, Exchange
 from bootd.dhcp.stages import ConfigSource
 from bootd.proto.dhcp import BOOTREQUEST, DHCPACK, DHCPREQUEST, DhcpPacket, Opt
@@ -78,11 +78,17 @@ def _asked(options: dict[int, bytes]) -> dict[int, bytes]:
 class OfferMemo:
     """remember() each OFFER made by the stages; ack() a REQUEST that takes one as made."""
 
-    def __init__(self, config: ConfigSource, nodes: NodeInventory, leases: LeaseTable) -> None:
+    def __init__(
+        self,
+        config: ConfigSource,
+        nodes: NodeInventory,
+        leases: LeaseTable,
+        subnets: SubnetIndex | None = None,
+    ) -> None:
         self._config = config
         self._nodes = nodes
         self._leases = leases
-        self._address = AddressStage(config, leases)
+        self._address = AddressStage(config, leases, subnets)
         self._offers: dict[str, Offer] = {}
         # REQUESTs answered from a kept offer (the tests read it).
         self.hits = 0

@@ -18,7 +18,7 @@ import time
 
 from bootd.config import Config
 from bootd.context import Context, StartupError
-from bootd.dhcp.address import networks
+from bootd.dhcp.address import SubnetIndex
 from bootd.dhcp.chain import build_stages, offer_memo
 from bootd.dhcp.handler import Destination, DhcpHandler
 from bootd.dhcp.ra import RouterSolicitationResponder
@@ -88,8 +88,11 @@ class DhcpService:
         self.leases.load()
         ctx.leases = self.leases
         ctx.extras["dhcp"] = self
-        self.stages = build_stages(ctx, self.leases)
-        offers = offer_memo(ctx, self.leases)
+        # One index of the config's subnets for the address stage, the kept offers'
+        # checks and the free-address gauge.
+        self.subnets = SubnetIndex(lambda: self.ctx.config)
+        self.stages = build_stages(ctx, self.leases, self.subnets)
+        offers = offer_memo(ctx, self.leases, self.subnets)
         self.handler = DhcpHandler(ctx, self.leases, self.stages, self._send, offers)
         self.handler.auto_flush = False
         self._socks: list[tuple[socket.socket, int]] = []
@@ -111,7 +114,7 @@ class DhcpService:
         m.dhcp_active_leases.set_function(lambda: float(self.leases.active_count()))
 
         def free() -> float:
-            nets = networks(self.ctx.config)
+            nets = self.subnets.all()
             return float(self.leases.free_count(n.pool for n in nets if n.pool))
 
         m.dhcp_free_addresses.set_function(free)
