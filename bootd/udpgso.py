@@ -55,9 +55,9 @@ class GsoSender:
 
         `equal` promises that every datagram but the last has one length and the last
         is no longer (a TFTP window, a group of DHCP replies of one length), so the runs
-        need no measuring. Stops at the first
-        datagram the socket refuses (a full send buffer, an unreachable peer) and keeps
-        the error in `last_error`: the caller decides what a loss costs.
+        need no measuring. Stops at the first datagram the socket refuses (a full send
+        buffer, an unreachable peer) and keeps the error in `last_error`: the caller
+        decides what a loss costs.
         """
         self.last_error = None
         n = len(datagrams)
