@@ -214,6 +214,7 @@ class AddressStage:
         if net is None:
             ex.drop(f"no subnet configured for relay {req.giaddr} (dhcp.relay_subnets)")
             return
+        ex.network = net
         ex.subnet = net.cfg
         ex.subnet_options = net.options
         ex.extra_options = net.extra

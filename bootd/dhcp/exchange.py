@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bootd.boot.node import Node
 from bootd.config.dhcp import SubnetConfig
 from bootd.proto.dhcp import BOOTREPLY, DHCPNAK, DhcpPacket, MessageType, Opt
 from bootd.store.leases import Lease
+
+if TYPE_CHECKING:  # address.py builds on this module
+    from bootd.dhcp.address import Network
 
 ZERO = "0.0.0.0"
 
@@ -43,6 +47,8 @@ class Exchange:
     reply: DhcpPacket | None = None
     reply_type: MessageType | None = None
     subnet: SubnetConfig | None = None
+    # The subnet's parsed network, as the address stage found it (the kept offers use it).
+    network: Network | None = None
     subnet_options: dict[int, bytes] | None = None
     # The subnet's dhcp.options, sent only when the client asks for them (option 55).
     extra_options: dict[int, bytes] | None = None

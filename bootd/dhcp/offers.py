@@ -98,7 +98,7 @@ class OfferMemo:
         reply = ex.reply
         if reply is None or ex.dry_run or wire[_TYPE_AT - 2 : _TYPE_AT + 1] != _OFFER_TYPE:
             return
-        net = self._address.network_for(ex)
+        net = ex.network  # as the address stage found it for this OFFER
         if net is None:
             return
         cfg = self._config()
